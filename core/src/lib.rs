@@ -4,6 +4,7 @@
 
 pub mod ffmpeg;
 pub mod placement;
+pub mod report;
 pub mod resources;
 pub mod spec;
 pub mod state;

@@ -1,9 +1,9 @@
-//! The ffleet wire contract. Everything here is generated from
-//! `proto/ffleet/v1/ffleet.proto`; conversions to domain types live with the
-//! crates that own those types.
+//! The ffleet wire contract, generated from `proto/ffleet/v1/ffleet.proto`,
+//! and the one place where wire types and core types convert into each other.
 
-#![allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod convert;
 
+#[allow(clippy::all, clippy::pedantic, missing_docs, rust_2018_idioms)]
 pub mod v1 {
     tonic::include_proto!("ffleet.v1");
 }

@@ -1,0 +1,366 @@
+//! What the master does, independent of the wire: submit, lease, report,
+//! watch, reap. A [`Cluster`] is a cheap, cloneable handle.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ffleet_core::report::Progress;
+use ffleet_core::spec::{self, SpecPolicy, SubmittedSpec};
+use ffleet_core::state::{Action, Event, Outcome, RetryPolicy, StepError};
+use ffleet_core::Resources;
+use ffleet_proto::v1;
+use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::grpc::{job_to_wire, status};
+use crate::store::{
+    Attachments, JobRecord, LeaseRef, LeaseRequest, Store, Submitted, WorkerRecord, WorkerState,
+};
+
+/// The longest an AcquireJobs call is held open.
+const MAX_ACQUIRE_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub policy: SpecPolicy,
+    pub lease_ttl: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl ClusterConfig {
+    /// Workers heartbeat three times per TTL, so one lost heartbeat never
+    /// costs a lease.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.lease_ttl / 3
+    }
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    config: ClusterConfig,
+    /// Signalled when a job may have become leasable.
+    work_available: Notify,
+    /// The id of every job that changed, for WatchJob.
+    job_changes: broadcast::Sender<String>,
+    shutdown: CancellationToken,
+}
+
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+impl Cluster {
+    pub fn new(store: Arc<dyn Store>, config: ClusterConfig, shutdown: CancellationToken) -> Self {
+        let (job_changes, _) = broadcast::channel(1024);
+        Cluster {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                work_available: Notify::new(),
+                job_changes,
+                shutdown,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        self.inner.store.as_ref()
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.inner.config
+    }
+
+    pub async fn submit(&self, raw: SubmittedSpec, key: Option<String>) -> Result<v1::Job> {
+        let spec = spec::validate(raw, &self.inner.config.policy)?;
+        let id = uuid::Uuid::now_v7().to_string();
+        let job = match self.store().submit(&id, key.as_deref(), &spec, now_ms()).await? {
+            Submitted::Created(job) => {
+                tracing::info!(job_id = %job.id, preset = spec.preset.name(), "job submitted");
+                self.inner.work_available.notify_waiters();
+                job
+            }
+            Submitted::Existing(job) => {
+                tracing::info!(job_id = %job.id, "idempotent resubmission");
+                job
+            }
+        };
+        self.with_history(job).await
+    }
+
+    async fn with_history(&self, job: JobRecord) -> Result<v1::Job> {
+        let history = self.store().history(&job.id).await?;
+        Ok(job_to_wire(job, history))
+    }
+
+    pub async fn job_with_history(&self, id: &str) -> Result<v1::Job> {
+        let job = self
+            .store()
+            .job(id)
+            .await?
+            .ok_or_else(|| Error::JobNotFound(id.to_owned()))?;
+        self.with_history(job).await
+    }
+
+    /// Applies an event and carries out the actions it produced.
+    pub async fn apply(
+        &self,
+        id: &str,
+        event: Event,
+        attachments: Attachments,
+    ) -> Result<(JobRecord, Outcome)> {
+        let event_name = event.name();
+        let (job, outcome) = self
+            .store()
+            .apply(id, event, attachments, now_ms(), &self.inner.config.retry)
+            .await?;
+        if let Some(t) = &outcome.transition {
+            tracing::info!(job_id = %id, event = event_name, from = %t.from, to = %t.to, reason = %t.reason, "job transition");
+        }
+        for action in &outcome.actions {
+            match action {
+                Action::WakeAcquirers => self.inner.work_available.notify_waiters(),
+                // Revocations reach the worker in its next heartbeat or
+                // progress reply; nothing to push.
+                Action::RevokeLease { token, worker_id } => {
+                    tracing::info!(job_id = %id, token, worker_id, "lease revoked");
+                }
+                Action::Finished => {}
+            }
+        }
+        let _ = self.inner.job_changes.send(id.to_owned());
+        Ok((job, outcome))
+    }
+
+    /// The job now, then each change, until it is final or the client goes.
+    pub async fn watch(&self, id: String) -> Result<mpsc::Receiver<Result<v1::Job, tonic::Status>>> {
+        let mut changes = self.inner.job_changes.subscribe();
+        let first = self.job_with_history(&id).await?;
+        let (tx, rx) = mpsc::channel(16);
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let mut last = first.clone();
+            if tx.send(Ok(first)).await.is_err() || job_is_final(&last) {
+                return;
+            }
+            loop {
+                let changed = tokio::select! {
+                    _ = cluster.inner.shutdown.cancelled() => return,
+                    _ = tx.closed() => return,
+                    changed = changes.recv() => changed,
+                };
+                match changed {
+                    Ok(changed) if changed != id => continue,
+                    // Lagged: we may have missed ours; read it again.
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+                let job = match cluster.job_with_history(&id).await {
+                    Ok(job) => job,
+                    Err(e) => {
+                        let _ = tx.send(Err(status(e))).await;
+                        return;
+                    }
+                };
+                if job == last {
+                    continue;
+                }
+                last = job.clone();
+                if tx.send(Ok(job)).await.is_err() || job_is_final(&last) {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    pub async fn register(
+        &self,
+        id: String,
+        name: String,
+        capacity: Resources,
+        labels: BTreeMap<String, String>,
+        ffmpeg_version: String,
+    ) -> Result<String> {
+        if let Some(axis) = capacity.zero_axis() {
+            return Err(Error::InvalidArgument {
+                field: "capacity",
+                message: format!("{axis} must be positive"),
+            });
+        }
+        let id = if id.is_empty() {
+            uuid::Uuid::now_v7().to_string()
+        } else {
+            id
+        };
+        let now = now_ms();
+        let worker = WorkerRecord {
+            id: id.clone(),
+            name,
+            capacity,
+            labels,
+            ffmpeg_version,
+            state: WorkerState::Ready,
+            registered_at_ms: now,
+            last_heartbeat_ms: now,
+        };
+        self.store().register_worker(&worker).await?;
+        tracing::info!(worker_id = %id, name = %worker.name, capacity = %capacity, "worker registered");
+        self.inner.work_available.notify_waiters();
+        Ok(id)
+    }
+
+    /// Renews what the worker still rightly holds; returns the leases it
+    /// must stop, and whether it must register again.
+    pub async fn heartbeat(
+        &self,
+        worker_id: &str,
+        leases: &[LeaseRef],
+        draining: bool,
+    ) -> Result<(Vec<LeaseRef>, bool)> {
+        let now = now_ms();
+        let before = self.store().heartbeat_worker(worker_id, draining, now).await?;
+        let expires = now + self.inner.config.lease_ttl.as_millis() as i64;
+        let revoked = self.store().renew(worker_id, leases, expires).await?;
+        let reregister = matches!(before, None | Some(WorkerState::Lost));
+        if reregister {
+            tracing::info!(worker_id, revoked = revoked.len(), "heartbeat from unknown or lost worker");
+        }
+        Ok((revoked, reregister))
+    }
+
+    /// The AcquireJobs long poll: leases what fits now, or waits for a
+    /// submission, a requeue or a retry time, up to `wait`.
+    pub async fn acquire(
+        &self,
+        worker_id: &str,
+        free: Resources,
+        max_jobs: usize,
+        wait: Duration,
+    ) -> Result<Vec<JobRecord>> {
+        match self.store().worker(worker_id).await? {
+            Some(w) if w.state == WorkerState::Ready => {}
+            Some(w) if w.state == WorkerState::Draining => return Ok(vec![]),
+            _ => return Err(Error::UnknownWorker(worker_id.to_owned())),
+        }
+        let deadline = Instant::now() + wait.min(MAX_ACQUIRE_WAIT);
+        let ttl_ms = self.inner.config.lease_ttl.as_millis() as i64;
+        loop {
+            // Register interest before looking, so a submission between the
+            // look and the wait is not missed.
+            let notified = self.inner.work_available.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = now_ms();
+            let request = LeaseRequest {
+                worker_id,
+                free,
+                max_jobs,
+                ttl_ms,
+            };
+            let leased = self.store().lease(request, now).await?;
+            if !leased.is_empty() {
+                for job in &leased {
+                    tracing::info!(job_id = %job.id, worker_id, attempt = job.status.attempt, "job leased");
+                    let _ = self.inner.job_changes.send(job.id.clone());
+                }
+                return Ok(leased);
+            }
+            let retry_at = self.store().next_retry_at(now).await?.map(|at| {
+                Instant::now() + Duration::from_millis((at - now).max(0) as u64)
+            });
+            let wake_at = retry_at.map_or(deadline, |at| at.min(deadline));
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(wake_at) => {
+                    if Instant::now() >= deadline {
+                        return Ok(vec![]);
+                    }
+                }
+                _ = self.inner.shutdown.cancelled() => return Ok(vec![]),
+            }
+        }
+    }
+
+    /// Records progress; the first report moves the job to running. Returns
+    /// whether the job's cancellation was requested.
+    pub async fn progress(&self, lease: &LeaseRef, progress: Progress) -> Result<bool> {
+        let job = self
+            .store()
+            .job(&lease.job_id)
+            .await?
+            .ok_or_else(|| Error::JobNotFound(lease.job_id.clone()))?;
+        if job.status.state == ffleet_core::JobState::Leased {
+            let attachments = Attachments {
+                progress: Some(progress.clone()),
+                bandwidth: None,
+            };
+            let (job, _) = self
+                .apply(&lease.job_id, Event::Start { token: lease.token }, attachments)
+                .await?;
+            return Ok(job.status.cancel_requested);
+        }
+        let now = now_ms();
+        match self.store().record_progress(lease, &progress, now).await? {
+            Some(cancel) => {
+                let _ = self.inner.job_changes.send(lease.job_id.clone());
+                Ok(cancel)
+            }
+            None => Err(Error::Step(StepError::StaleLease {
+                presented: lease.token,
+                current: job.status.lease.map(|l| l.token),
+            })),
+        }
+    }
+
+    /// One sweep: workers silent for a TTL are lost; expired leases are
+    /// requeued (or failed, or cancelled) through the state machine.
+    pub async fn reap(&self) -> Result<()> {
+        let now = now_ms();
+        let ttl = self.inner.config.lease_ttl.as_millis() as i64;
+        for worker_id in self.store().mark_lost_workers(now - ttl).await? {
+            tracing::warn!(worker_id, "worker lost: no heartbeat within the lease ttl");
+        }
+        for lease in self.store().expired_leases(now).await? {
+            let event = Event::LeaseExpired { token: lease.token };
+            match self.apply(&lease.job_id, event, Attachments::default()).await {
+                Ok(_) => {}
+                // Renewed, completed or reaped by someone else meanwhile.
+                Err(Error::Step(StepError::StaleLease { .. })) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs [`Cluster::reap`] every quarter TTL until shutdown.
+    pub async fn run_reaper(self) {
+        let period = (self.inner.config.lease_ttl / 4).clamp(Duration::from_millis(50), Duration::from_secs(2));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.reap().await {
+                tracing::error!(error = %e, "reaper sweep failed");
+            }
+        }
+    }
+}
+
+fn job_is_final(job: &v1::Job) -> bool {
+    ffleet_proto::convert::job_state_from_wire(job.state).is_some_and(|s| s.is_final())
+}

@@ -1,0 +1,104 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ffleet_master::MasterOptions;
+use ffleet_telemetry::LogFormat;
+
+/// The ffleet master: stores jobs, leases them to workers, serves gRPC.
+#[derive(Parser, Debug)]
+#[command(name = "ffleet-master", version)]
+struct Args {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "FFLEET_LISTEN", default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
+    /// Database URL: sqlite://PATH (created if missing).
+    #[arg(long, env = "FFLEET_DATABASE", default_value = "sqlite://ffleet.db")]
+    database: String,
+    /// Outputs must land inside this directory.
+    #[arg(long, default_value = ".")]
+    output_root: PathBuf,
+    /// When given (repeatable), local inputs must lie inside one of these.
+    #[arg(long = "input-root")]
+    input_roots: Vec<PathBuf>,
+    /// A worker silent this long is lost, and its leases are requeued.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_ttl: Duration,
+    /// First retry delay after an infrastructure failure; doubles each time.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    retry_backoff: Duration,
+    /// Attempts for jobs that do not say.
+    #[arg(long, default_value_t = 3)]
+    max_attempts: u32,
+    /// Timeout for jobs that do not say.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    default_timeout: Duration,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Inspect or apply the database's schema migrations.
+    Migrate {
+        #[command(subcommand)]
+        action: MigrateAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum MigrateAction {
+    /// List migrations and whether each is applied.
+    Status,
+    /// Apply pending migrations.
+    Up,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ffleet_telemetry::init_logging(args.log_format);
+    match args.command {
+        Some(Command::Migrate { action: MigrateAction::Status }) => {
+            let rows = ffleet_master::migrate::status(&args.database).await?;
+            println!("{:<8} {:<10} description", "version", "state");
+            for m in rows {
+                let state = if m.applied { "applied" } else { "pending" };
+                println!("{:<8} {:<10} {}", m.version, state, m.description);
+            }
+            Ok(())
+        }
+        Some(Command::Migrate { action: MigrateAction::Up }) => {
+            ffleet_master::migrate::up(&args.database).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        None => serve(args).await,
+    }
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let shutdown = ffleet_telemetry::shutdown_on_signals();
+    let options = MasterOptions {
+        listen: args.listen,
+        database: args.database.clone(),
+        output_root: args.output_root,
+        input_roots: args.input_roots,
+        lease_ttl: args.lease_ttl,
+        retry_backoff: args.retry_backoff,
+        max_attempts: args.max_attempts,
+        default_timeout: args.default_timeout,
+    };
+    let master = options
+        .build(shutdown)
+        .await
+        .with_context(|| format!("starting master on {}", args.database))?;
+    // Scripts and tests read this line to learn the bound port.
+    println!("ffleet-master listening on {}", master.local_addr());
+    master.run().await?;
+    Ok(())
+}

@@ -1,0 +1,217 @@
+//! The one narrow interface through which the master reads and writes its
+//! state. Only implementations of [`Store`] touch SQL.
+//!
+//! Every change of a job's state goes through [`Store::apply`], which loads
+//! the job, runs the pure state machine (`ffleet_core::state::step`) and
+//! persists the outcome in one transaction: fencing and transitions are
+//! decided in one place, whatever the backend.
+
+mod sqlite;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use ffleet_core::report::{Bandwidth, Progress};
+use ffleet_core::spec::JobSpec;
+use ffleet_core::state::{Event, JobState, JobStatus, Outcome, RetryPolicy};
+use ffleet_core::Resources;
+
+use crate::error::{Error, Result};
+
+pub use sqlite::{SqliteStore, migrator as sqlite_migrator};
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    pub id: String,
+    pub idempotency_key: Option<String>,
+    pub spec: JobSpec,
+    pub status: JobStatus,
+    /// The holder of the current lease, or of the last one.
+    pub worker_id: Option<String>,
+    pub progress: Option<Progress>,
+    pub bandwidth: Option<Bandwidth>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// One entry of a job's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransitionRecord {
+    pub from: JobState,
+    pub to: JobState,
+    pub at_ms: i64,
+    pub reason: String,
+    pub worker_id: Option<String>,
+    pub lease_token: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    Ready,
+    Draining,
+    Lost,
+}
+
+impl WorkerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Ready => "ready",
+            WorkerState::Draining => "draining",
+            WorkerState::Lost => "lost",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<WorkerState> {
+        [WorkerState::Ready, WorkerState::Draining, WorkerState::Lost]
+            .into_iter()
+            .find(|w| w.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerRecord {
+    pub id: String,
+    pub name: String,
+    pub capacity: Resources,
+    pub labels: BTreeMap<String, String>,
+    pub ffmpeg_version: String,
+    pub state: WorkerState,
+    pub registered_at_ms: i64,
+    pub last_heartbeat_ms: i64,
+}
+
+/// What a worker's report brings along with a state event.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Attachments {
+    pub progress: Option<Progress>,
+    pub bandwidth: Option<Bandwidth>,
+}
+
+/// The result of a submission.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Submitted {
+    Created(JobRecord),
+    /// The idempotency key was seen before: this is that job.
+    Existing(JobRecord),
+}
+
+/// A lease to check or renew: the job and the fencing token the worker holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRef {
+    pub job_id: String,
+    pub token: u64,
+}
+
+/// A worker asking for work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRequest<'a> {
+    pub worker_id: &'a str,
+    pub free: Resources,
+    pub max_jobs: usize,
+    pub ttl_ms: i64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts a new queued job, or returns the job an idempotency key
+    /// already names (an error if its spec differs).
+    async fn submit(
+        &self,
+        id: &str,
+        idempotency_key: Option<&str>,
+        spec: &JobSpec,
+        now_ms: i64,
+    ) -> Result<Submitted>;
+
+    async fn job(&self, id: &str) -> Result<Option<JobRecord>>;
+
+    async fn history(&self, id: &str) -> Result<Vec<TransitionRecord>>;
+
+    /// Newest first; `before_id` continues a previous page.
+    async fn list_jobs(
+        &self,
+        state: Option<JobState>,
+        limit: u32,
+        before_id: Option<&str>,
+    ) -> Result<Vec<JobRecord>>;
+
+    /// Loads the job, steps the state machine, persists the outcome.
+    async fn apply(
+        &self,
+        id: &str,
+        event: Event,
+        attachments: Attachments,
+        now_ms: i64,
+        retry: &RetryPolicy,
+    ) -> Result<(JobRecord, Outcome)>;
+
+    /// Leases queued jobs that fit the worker's free resources, chosen by
+    /// `ffleet_core::placement::place`, atomically.
+    async fn lease(&self, request: LeaseRequest<'_>, now_ms: i64) -> Result<Vec<JobRecord>>;
+
+    /// Stores progress for a current lease. `None` when the lease is stale;
+    /// otherwise whether the job's cancellation was requested.
+    async fn record_progress(
+        &self,
+        lease: &LeaseRef,
+        progress: &Progress,
+        now_ms: i64,
+    ) -> Result<Option<bool>>;
+
+    /// Extends the leases the worker still holds; returns those it must stop
+    /// (stale, or whose jobs were cancelled).
+    async fn renew(
+        &self,
+        worker_id: &str,
+        leases: &[LeaseRef],
+        expires_at_ms: i64,
+    ) -> Result<Vec<LeaseRef>>;
+
+    /// The earliest retry time, after `now_ms`, of a queued job.
+    async fn next_retry_at(&self, now_ms: i64) -> Result<Option<i64>>;
+
+    /// Leases past their expiry.
+    async fn expired_leases(&self, now_ms: i64) -> Result<Vec<LeaseRef>>;
+
+    /// Every lease ever granted for a job, oldest first: (token, worker).
+    async fn lease_history(&self, job_id: &str) -> Result<Vec<(u64, String)>>;
+
+    /// Inserts or refreshes a worker; it becomes ready.
+    async fn register_worker(&self, worker: &WorkerRecord) -> Result<()>;
+
+    /// Records a heartbeat; returns the worker's state before it, `None` for
+    /// a worker the master does not know. A lost worker stays lost until it
+    /// registers again.
+    async fn heartbeat_worker(
+        &self,
+        id: &str,
+        draining: bool,
+        now_ms: i64,
+    ) -> Result<Option<WorkerState>>;
+
+    /// Marks workers silent since `cutoff_ms` as lost; returns their ids.
+    async fn mark_lost_workers(&self, cutoff_ms: i64) -> Result<Vec<String>>;
+
+    async fn worker(&self, id: &str) -> Result<Option<WorkerRecord>>;
+
+    /// All workers, with the ids of the jobs each holds a lease on.
+    async fn workers(&self) -> Result<Vec<(WorkerRecord, Vec<String>)>>;
+}
+
+/// Opens the store a database URL names, applying pending migrations.
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(SqliteStore::open(url).await?))
+    } else {
+        Err(Error::UnsupportedDatabase(url.to_owned()))
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("domain types serialize")
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
