@@ -15,7 +15,7 @@ struct Args {
     #[arg(long, env = "FFLEET_LISTEN", default_value = "127.0.0.1:7700")]
     listen: SocketAddr,
     /// Database URL: sqlite://PATH (created if missing).
-    #[arg(long, env = "FFLEET_DATABASE", default_value = "sqlite://ffleet.db")]
+    #[arg(long, global = true, env = "FFLEET_DATABASE", default_value = "sqlite://ffleet.db")]
     database: String,
     /// Outputs must land inside this directory.
     #[arg(long, default_value = ".")]
@@ -35,7 +35,7 @@ struct Args {
     /// Timeout for jobs that do not say.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     default_timeout: Duration,
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,

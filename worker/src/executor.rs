@@ -1,0 +1,471 @@
+//! Runs one leased job: fetch the input, probe it, run FFmpeg under the
+//! job's timeout and stop signal, measure what moved, put the output in
+//! place. Every path cleans up after itself.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use ffleet_core::ffmpeg::{self, ProbeStream, ProbeSummary, ProgressParser};
+use ffleet_core::report::{Bandwidth, Progress};
+use ffleet_core::spec::{InputSource, JobSpec};
+use ffleet_core::state::{Failure, FailureKind};
+use futures::StreamExt;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// How many of FFmpeg's last stderr lines a failure keeps.
+const STDERR_TAIL: usize = 20;
+
+#[derive(Debug, Clone)]
+pub struct ExecConfig {
+    pub ffmpeg: PathBuf,
+    pub ffprobe: PathBuf,
+    /// Between SIGTERM and SIGKILL.
+    pub grace: Duration,
+    pub probe_timeout: Duration,
+    /// Largest http/https input the worker downloads.
+    pub max_download_bytes: u64,
+    pub http: reqwest::Client,
+}
+
+/// Why a job is being stopped from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The master revoked the lease (cancelled, or no longer ours).
+    Revoked,
+    /// The worker is shutting down and hands the job back.
+    Drain,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunOutcome {
+    Succeeded(Bandwidth),
+    Failed(Failure),
+}
+
+/// Why a phase ended early.
+enum Interrupted {
+    Stop(StopReason),
+    Timeout,
+}
+
+fn failure(kind: FailureKind, reason: impl Into<String>, stderr_tail: Vec<String>) -> RunOutcome {
+    RunOutcome::Failed(Failure {
+        kind,
+        reason: reason.into(),
+        stderr_tail,
+    })
+}
+
+fn interrupted(why: Interrupted, timeout: Duration) -> RunOutcome {
+    match why {
+        Interrupted::Timeout => failure(
+            FailureKind::Timeout,
+            format!("ran past its timeout of {}", humantime::format_duration(timeout)),
+            vec![],
+        ),
+        Interrupted::Stop(StopReason::Revoked) => {
+            failure(FailureKind::Cancelled, "stopped: the master revoked the lease", vec![])
+        }
+        Interrupted::Stop(StopReason::Drain) => failure(
+            FailureKind::Infrastructure,
+            "worker shutting down; job handed back",
+            vec![],
+        ),
+    }
+}
+
+/// Resolves when a stop is asked for or the deadline passes.
+async fn stopped(stop: &mut watch::Receiver<Option<StopReason>>, deadline: Instant) -> Interrupted {
+    let asked = async {
+        // Copy the reason out at once: the borrow must not live across awaits.
+        let reason = stop.wait_for(Option::is_some).await.map(|r| *r);
+        match reason {
+            Ok(Some(reason)) => reason,
+            // The sender is gone: nobody can stop us; only the deadline can.
+            _ => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        reason = asked => Interrupted::Stop(reason),
+        _ = tokio::time::sleep_until(deadline) => Interrupted::Timeout,
+    }
+}
+
+/// Runs `fut` unless a stop or the deadline comes first.
+async fn guarded<T>(
+    fut: impl std::future::Future<Output = T>,
+    stop: &mut watch::Receiver<Option<StopReason>>,
+    deadline: Instant,
+) -> Result<T, Interrupted> {
+    tokio::select! {
+        out = fut => Ok(out),
+        why = stopped(stop, deadline) => Err(why),
+    }
+}
+
+pub struct JobRun<'a> {
+    pub job_id: &'a str,
+    pub token: u64,
+    pub spec: &'a JobSpec,
+    /// The job's own scratch directory; created here, removed by the caller.
+    pub scratch: &'a Path,
+}
+
+/// Runs the job to an outcome. Progress samples go to `progress`.
+pub async fn execute(
+    config: &ExecConfig,
+    run: JobRun<'_>,
+    mut stop: watch::Receiver<Option<StopReason>>,
+    progress: watch::Sender<Option<Progress>>,
+) -> RunOutcome {
+    let timeout = Duration::from_millis(run.spec.timeout_ms);
+    let deadline = Instant::now() + timeout;
+    if let Err(e) = tokio::fs::create_dir_all(run.scratch).await {
+        return failure(
+            FailureKind::Infrastructure,
+            format!("creating scratch dir {}: {e}", run.scratch.display()),
+            vec![],
+        );
+    }
+
+    // 1. A local file to read: the given path, or a download.
+    let input = match run.spec.input_source() {
+        InputSource::Local(path) => match tokio::fs::metadata(&path).await {
+            Ok(m) if m.is_file() => path,
+            Ok(_) => return failure(FailureKind::Input, format!("input {} is not a file", path.display()), vec![]),
+            Err(e) => return failure(FailureKind::Input, format!("input {}: {e}", path.display()), vec![]),
+        },
+        InputSource::Http(url) => {
+            let target = run.scratch.join("input");
+            match guarded(download(config, &url, &target), &mut stop, deadline).await {
+                Ok(Ok(())) => target,
+                Ok(Err(outcome)) => return outcome,
+                Err(why) => return interrupted(why, timeout),
+            }
+        }
+    };
+    let input_str = input.to_string_lossy().into_owned();
+
+    // 2. Probe before encoding: refuse what could steer FFmpeg elsewhere.
+    let summary = match guarded(probe(config, &input_str), &mut stop, deadline).await {
+        Ok(Ok(summary)) => summary,
+        Ok(Err(outcome)) => return outcome,
+        Err(why) => return interrupted(why, timeout),
+    };
+    if let Err(reason) = ffmpeg::check_probe(&summary, run.spec.preset) {
+        return failure(FailureKind::Input, reason, vec![]);
+    }
+
+    // 3. Encode into a temporary file beside the target.
+    let output = PathBuf::from(&run.spec.output);
+    let temp = temp_output(&output, run.token);
+    if let Some(parent) = output.parent()
+        && let Err(e) = tokio::fs::create_dir_all(parent).await
+    {
+        return failure(
+            FailureKind::Infrastructure,
+            format!("creating output dir {}: {e}", parent.display()),
+            vec![],
+        );
+    }
+    let outcome = encode(config, &run, &input_str, &temp, &summary, &mut stop, deadline, progress).await;
+    let outcome = match outcome {
+        Ok((bandwidth_parts, stderr_tail)) => finish(&input, &temp, &output, bandwidth_parts, stderr_tail).await,
+        Err(outcome) => outcome,
+    };
+    if !matches!(outcome, RunOutcome::Succeeded(_)) {
+        let _ = tokio::fs::remove_file(&temp).await;
+    }
+    outcome
+}
+
+/// `/out/dir/.name.mp4.ffleet-<token>.tmp`: hidden, unique per lease, and
+/// on the target's filesystem so the final rename is atomic.
+pub fn temp_output(output: &Path, token: u64) -> PathBuf {
+    let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    output.with_file_name(format!(".{name}.ffleet-{token}.tmp"))
+}
+
+struct EncodeMeasure {
+    media_duration_us: u64,
+    wall: Duration,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn encode(
+    config: &ExecConfig,
+    run: &JobRun<'_>,
+    input: &str,
+    temp: &Path,
+    summary: &ProbeSummary,
+    stop: &mut watch::Receiver<Option<StopReason>>,
+    deadline: Instant,
+    progress: watch::Sender<Option<Progress>>,
+) -> Result<(EncodeMeasure, Vec<String>), RunOutcome> {
+    let timeout = Duration::from_millis(run.spec.timeout_ms);
+    let args = ffmpeg::build_args(run.spec, input, &temp.to_string_lossy());
+    tracing::debug!(job_id = run.job_id, ?args, "spawning ffmpeg");
+    let started = Instant::now();
+    let mut child = Command::new(&config.ffmpeg)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so a stop reaches every process it starts.
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| failure(FailureKind::Infrastructure, format!("spawning {}: {e}", config.ffmpeg.display()), vec![]))?;
+    let pid = child.id().map(|id| Pid::from_raw(id as i32));
+
+    let duration_us = summary.duration_us.unwrap_or(0);
+    // Report "started" at once, then every sample.
+    let _ = progress.send(Some(Progress {
+        duration_us,
+        ..Progress::default()
+    }));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let progress_task = tokio::spawn(async move {
+        let mut parser = ProgressParser::default();
+        let mut lines = BufReader::new(stdout).lines();
+        let mut last_out_time = 0;
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(sample) = parser.feed(&line) {
+                last_out_time = sample.out_time_us;
+                let _ = progress.send(Some(Progress {
+                    out_time_us: sample.out_time_us,
+                    fps: sample.fps,
+                    speed: sample.speed,
+                    total_size: sample.total_size,
+                    bitrate_bps: sample.bitrate_bps,
+                    duration_us,
+                    frame: sample.frame,
+                }));
+            }
+        }
+        last_out_time
+    });
+    let stderr = child.stderr.take().expect("piped stderr");
+    let stderr_task = tokio::spawn(async move {
+        let mut tail = std::collections::VecDeque::with_capacity(STDERR_TAIL);
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if tail.len() == STDERR_TAIL {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+        Vec::from(tail)
+    });
+
+    let exit = tokio::select! {
+        status = child.wait() => Ok(status),
+        why = stopped(stop, deadline) => Err(why),
+    };
+    let exit = match exit {
+        Ok(status) => status,
+        Err(why) => {
+            terminate(&mut child, pid, config.grace, run.job_id).await;
+            let _ = progress_task.await;
+            let _ = stderr_task.await;
+            return Err(interrupted(why, timeout));
+        }
+    };
+    let wall = started.elapsed();
+    let out_time_us = progress_task.await.unwrap_or(0);
+    let stderr_tail = stderr_task.await.unwrap_or_default();
+    let status = exit.map_err(|e| failure(FailureKind::Infrastructure, format!("waiting for ffmpeg: {e}"), vec![]))?;
+    if !status.success() {
+        return Err(classify_exit(status, stderr_tail));
+    }
+    Ok((
+        EncodeMeasure {
+            media_duration_us: if out_time_us > 0 { out_time_us } else { duration_us },
+            wall,
+        },
+        stderr_tail,
+    ))
+}
+
+/// FFmpeg failed on its own: bad input unless the signs say the worker is
+/// to blame (a signal, a full disk, no memory).
+fn classify_exit(status: ExitStatus, stderr_tail: Vec<String>) -> RunOutcome {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(signal) = status.signal() {
+        return failure(FailureKind::Infrastructure, format!("ffmpeg killed by signal {signal}"), stderr_tail);
+    }
+    let text = stderr_tail.join("\n");
+    let worker_side = ["No space left on device", "Cannot allocate memory", "Input/output error"];
+    if let Some(sign) = worker_side.iter().find(|s| text.contains(*s)) {
+        return failure(FailureKind::Infrastructure, format!("ffmpeg failed: {sign}"), stderr_tail);
+    }
+    let code = status.code().unwrap_or(-1);
+    failure(FailureKind::Input, format!("ffmpeg rejected the input (exit status {code})"), stderr_tail)
+}
+
+/// SIGTERM to the process group, the grace period, then SIGKILL.
+async fn terminate(child: &mut Child, pid: Option<Pid>, grace: Duration, job_id: &str) {
+    let Some(pid) = pid else { return };
+    let _ = killpg(pid, Signal::SIGTERM);
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(_) => tracing::info!(job_id, "ffmpeg stopped gracefully"),
+        Err(_) => {
+            let _ = killpg(pid, Signal::SIGKILL);
+            let _ = child.wait().await;
+            tracing::warn!(job_id, grace_ms = grace.as_millis() as u64, "ffmpeg ignored SIGTERM; killed");
+        }
+    }
+    // Anything left in the group (children FFmpeg started) goes too.
+    let _ = killpg(pid, Signal::SIGKILL);
+}
+
+async fn finish(
+    input: &Path,
+    temp: &Path,
+    output: &Path,
+    measure: EncodeMeasure,
+    stderr_tail: Vec<String>,
+) -> RunOutcome {
+    let input_bytes = tokio::fs::metadata(input).await.map(|m| m.len()).unwrap_or(0);
+    let output_bytes = match tokio::fs::metadata(temp).await {
+        Ok(m) => m.len(),
+        Err(e) => return failure(FailureKind::Infrastructure, format!("ffmpeg left no output: {e}"), stderr_tail),
+    };
+    if let Err(e) = tokio::fs::rename(temp, output).await {
+        return failure(
+            FailureKind::Infrastructure,
+            format!("moving output into place at {}: {e}", output.display()),
+            stderr_tail,
+        );
+    }
+    RunOutcome::Succeeded(Bandwidth::measure(
+        input_bytes,
+        output_bytes,
+        measure.media_duration_us,
+        measure.wall.as_millis() as u64,
+    ))
+}
+
+/// Downloads an http/https input into `target`, capped in size.
+async fn download(config: &ExecConfig, url: &str, target: &Path) -> Result<(), RunOutcome> {
+    let cap = config.max_download_bytes;
+    let response = config.http.get(url).send().await.map_err(|e| {
+        failure(FailureKind::Infrastructure, format!("downloading {url}: {e}"), vec![])
+    })?;
+    let status = response.status();
+    if status.is_client_error() {
+        return Err(failure(FailureKind::Input, format!("downloading {url}: HTTP {status}"), vec![]));
+    }
+    if !status.is_success() {
+        return Err(failure(FailureKind::Infrastructure, format!("downloading {url}: HTTP {status}"), vec![]));
+    }
+    let too_large = || failure(FailureKind::Input, format!("input at {url} exceeds the download cap of {cap} bytes"), vec![]);
+    if response.content_length().is_some_and(|len| len > cap) {
+        return Err(too_large());
+    }
+    let io_failure = |e: std::io::Error| failure(FailureKind::Infrastructure, format!("writing {}: {e}", target.display()), vec![]);
+    let mut file = tokio::fs::File::create(target).await.map_err(io_failure)?;
+    let mut body = response.bytes_stream();
+    let mut written: u64 = 0;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| failure(FailureKind::Infrastructure, format!("downloading {url}: {e}"), vec![]))?;
+        written += chunk.len() as u64;
+        if written > cap {
+            return Err(too_large());
+        }
+        file.write_all(&chunk).await.map_err(io_failure)?;
+    }
+    file.flush().await.map_err(io_failure)?;
+    tracing::info!(url, bytes = written, "input downloaded");
+    Ok(())
+}
+
+/// A time-limited ffprobe of a local file.
+async fn probe(config: &ExecConfig, input: &str) -> Result<ProbeSummary, RunOutcome> {
+    let run = Command::new(&config.ffprobe)
+        .args(ffmpeg::probe_args(input))
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = match tokio::time::timeout(config.probe_timeout, run).await {
+        Err(_) => {
+            return Err(failure(
+                FailureKind::Input,
+                format!("ffprobe took longer than {} s", config.probe_timeout.as_secs()),
+                vec![],
+            ));
+        }
+        Ok(Err(e)) => {
+            return Err(failure(FailureKind::Infrastructure, format!("running ffprobe: {e}"), vec![]));
+        }
+        Ok(Ok(out)) => out,
+    };
+    let stderr: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .rev()
+        .take(STDERR_TAIL)
+        .map(str::to_owned)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    if !out.status.success() {
+        return Err(failure(FailureKind::Input, "ffprobe could not read the input", stderr));
+    }
+    parse_probe(&out.stdout).map_err(|e| failure(FailureKind::Input, format!("unreadable ffprobe report: {e}"), stderr))
+}
+
+fn parse_probe(json: &[u8]) -> Result<ProbeSummary, serde_json::Error> {
+    let v: serde_json::Value = serde_json::from_slice(json)?;
+    let format = &v["format"];
+    let streams = v["streams"]
+        .as_array()
+        .map(|streams| {
+            streams
+                .iter()
+                .map(|s| ProbeStream {
+                    codec_type: s["codec_type"].as_str().unwrap_or("").to_owned(),
+                    width: s["width"].as_u64().unwrap_or(0),
+                    height: s["height"].as_u64().unwrap_or(0),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(ProbeSummary {
+        format_name: format["format_name"].as_str().unwrap_or("").to_owned(),
+        duration_us: format["duration"]
+            .as_str()
+            .and_then(|d| d.parse::<f64>().ok())
+            .map(|secs| (secs * 1e6) as u64),
+        streams,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ffprobe_json_is_summarized() {
+        let json = br#"{"streams":[{"codec_type":"video","width":320,"height":240},{"codec_type":"audio"}],
+            "format":{"format_name":"mov,mp4,m4a,3gp,3g2,mj2","duration":"5.000000"}}"#;
+        let s = parse_probe(json).unwrap();
+        assert_eq!(s.format_name, "mov,mp4,m4a,3gp,3g2,mj2");
+        assert_eq!(s.duration_us, Some(5_000_000));
+        assert_eq!(s.streams.len(), 2);
+        assert_eq!((s.streams[0].width, s.streams[0].height), (320, 240));
+    }
+
+    #[test]
+    fn temp_output_sits_beside_the_target() {
+        let t = temp_output(Path::new("/out/a/b.mp4"), 42);
+        assert_eq!(t, Path::new("/out/a/.b.mp4.ffleet-42.tmp"));
+    }
+}

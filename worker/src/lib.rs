@@ -1,0 +1,10 @@
+//! The ffleet worker. See `docs/ARCHITECTURE.md` for the map.
+
+pub mod capacity;
+pub mod error;
+pub mod executor;
+pub mod ledger;
+pub mod worker;
+
+pub use error::{Error, Result};
+pub use worker::{Worker, WorkerOptions};

@@ -1,0 +1,95 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use ffleet_core::resources::{parse_cpu, parse_size};
+use ffleet_telemetry::LogFormat;
+use ffleet_worker::WorkerOptions;
+
+/// The ffleet worker: runs FFmpeg for jobs the master leases to it.
+#[derive(Parser, Debug)]
+#[command(name = "ffleet-worker", version)]
+struct Args {
+    /// The master's gRPC address, e.g. http://127.0.0.1:7700.
+    #[arg(long, env = "FFLEET_MASTER", default_value = "http://127.0.0.1:7700")]
+    master: String,
+    /// Scratch space for downloads and per-job files.
+    #[arg(long, default_value = "ffleet-work")]
+    work_dir: PathBuf,
+    /// This worker's name in listings (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// CPU to offer, in cores (1.5) or millicores (1500m). Default: all cores.
+    #[arg(long, value_parser = parse_cpu)]
+    cpu: Option<u32>,
+    /// Memory to offer, e.g. 4G. Default: the host's total.
+    #[arg(long, value_parser = parse_size)]
+    memory: Option<u64>,
+    /// Scratch disk to offer, e.g. 20G. Default: free space of --work-dir.
+    #[arg(long, value_parser = parse_size)]
+    disk: Option<u64>,
+    /// A label KEY=VALUE (repeatable).
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    #[arg(long, default_value = "ffmpeg")]
+    ffmpeg: PathBuf,
+    #[arg(long, default_value = "ffprobe")]
+    ffprobe: PathBuf,
+    /// Between SIGTERM and SIGKILL when stopping FFmpeg.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    grace: Duration,
+    /// On SIGTERM, how long running jobs may finish before they are handed back.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+    /// Largest http/https input to download.
+    #[arg(long, default_value = "20G", value_parser = parse_size)]
+    max_download: u64,
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    download_timeout: Duration,
+    /// At most this many jobs at once, whatever fits.
+    #[arg(long, default_value_t = 16)]
+    max_jobs: u32,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ffleet_telemetry::init_logging(args.log_format);
+    let shutdown = ffleet_telemetry::shutdown_on_signals();
+    let name = args.name.unwrap_or_else(|| {
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "worker".into())
+    });
+    let options = WorkerOptions {
+        master: args.master.clone(),
+        name,
+        work_dir: args.work_dir,
+        cpu_millis: args.cpu,
+        memory_bytes: args.memory,
+        disk_bytes: args.disk,
+        labels: args.labels.into_iter().collect(),
+        ffmpeg: args.ffmpeg,
+        ffprobe: args.ffprobe,
+        grace: args.grace,
+        drain_timeout: args.drain_timeout,
+        max_download_bytes: args.max_download,
+        download_timeout: args.download_timeout,
+        max_jobs: args.max_jobs.max(1),
+    };
+    let worker = options
+        .build(shutdown)
+        .await
+        .with_context(|| format!("starting worker for master {}", args.master))?;
+    worker.run().await?;
+    Ok(())
+}

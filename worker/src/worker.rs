@@ -1,0 +1,458 @@
+//! `WorkerOptions -> build() -> run()`: register, then three loops sharing
+//! one shutdown signal. Acquire (a long poll, woken early when a local job
+//! frees resources), heartbeat, and one task per running job.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ffleet_core::Resources;
+use ffleet_core::report::Progress;
+use ffleet_core::state::{Failure, FailureKind};
+use ffleet_proto::convert::leased_spec;
+use ffleet_proto::v1::{self, worker_service_client::WorkerServiceClient};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request};
+
+use crate::capacity;
+use crate::error::{Error, Result};
+use crate::executor::{self, ExecConfig, JobRun, RunOutcome, StopReason};
+use crate::ledger::Ledger;
+
+/// How long one AcquireJobs call may wait at the master.
+const ACQUIRE_WAIT: Duration = Duration::from_secs(30);
+/// Progress goes to the master at most this often per job.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
+/// Unary calls give up after this.
+const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub master: String,
+    pub name: String,
+    pub work_dir: PathBuf,
+    pub cpu_millis: Option<u32>,
+    pub memory_bytes: Option<u64>,
+    pub disk_bytes: Option<u64>,
+    pub labels: BTreeMap<String, String>,
+    pub ffmpeg: PathBuf,
+    pub ffprobe: PathBuf,
+    pub grace: Duration,
+    pub drain_timeout: Duration,
+    pub max_download_bytes: u64,
+    pub download_timeout: Duration,
+    pub max_jobs: u32,
+}
+
+impl WorkerOptions {
+    pub async fn build(self, shutdown: CancellationToken) -> Result<Worker> {
+        let jobs_dir = self.work_dir.join("jobs");
+        tokio::fs::create_dir_all(&jobs_dir)
+            .await
+            .map_err(|e| Error::WorkDir(self.work_dir.clone(), e))?;
+        remove_leftovers(&jobs_dir).await;
+        let capacity = capacity::detect(&self.work_dir, self.cpu_millis, self.memory_bytes, self.disk_bytes)?;
+        let ffmpeg_version = capacity::ffmpeg_version(&self.ffmpeg).await?;
+        let url = if self.master.contains("://") {
+            self.master.clone()
+        } else {
+            format!("http://{}", self.master)
+        };
+        let channel = Endpoint::from_shared(url.clone())
+            .map_err(|e| Error::MasterAddress(url.clone(), e.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(self.download_timeout)
+            .build()?;
+        let exec = ExecConfig {
+            ffmpeg: self.ffmpeg.clone(),
+            ffprobe: self.ffprobe.clone(),
+            grace: self.grace,
+            probe_timeout: Duration::from_secs(30),
+            max_download_bytes: self.max_download_bytes,
+            http,
+        };
+        Ok(Worker {
+            shared: Arc::new(Shared {
+                client: WorkerServiceClient::new(channel),
+                ledger: Ledger::new(capacity),
+                exec,
+                jobs_dir,
+                running: Mutex::new(HashMap::new()),
+                identity: Mutex::new(Identity::default()),
+                ffmpeg_version,
+                options: self,
+                shutdown,
+                draining: CancellationToken::new(),
+            }),
+        })
+    }
+}
+
+/// Scratch directories of a previous life (a crash) are garbage now.
+async fn remove_leftovers(jobs_dir: &std::path::Path) {
+    let Ok(mut entries) = tokio::fs::read_dir(jobs_dir).await else { return };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        tracing::info!(path = %entry.path().display(), "removing leftover scratch dir");
+        let _ = tokio::fs::remove_dir_all(entry.path()).await;
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Identity {
+    worker_id: String,
+    heartbeat_interval: Duration,
+}
+
+struct RunningJob {
+    token: u64,
+    stop: watch::Sender<Option<StopReason>>,
+}
+
+struct Shared {
+    client: WorkerServiceClient<Channel>,
+    ledger: Ledger,
+    exec: ExecConfig,
+    jobs_dir: PathBuf,
+    running: Mutex<HashMap<String, RunningJob>>,
+    identity: Mutex<Identity>,
+    ffmpeg_version: String,
+    options: WorkerOptions,
+    /// SIGTERM: stop acquiring, drain.
+    shutdown: CancellationToken,
+    /// Cancelled once the drain is over: heartbeats stop.
+    draining: CancellationToken,
+}
+
+#[derive(Clone)]
+pub struct Worker {
+    shared: Arc<Shared>,
+}
+
+fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+/// Errors worth retrying: the master is restarting or unreachable.
+fn transient(status: &tonic::Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled | Code::Internal)
+}
+
+impl Worker {
+    pub fn capacity(&self) -> Resources {
+        self.shared.ledger.capacity()
+    }
+
+    /// Runs until shutdown, then drains and returns.
+    pub async fn run(self) -> Result<()> {
+        let s = &self.shared;
+        self.register_until_done().await?;
+        let tracker = TaskTracker::new();
+        let heartbeat = tokio::spawn(self.clone().heartbeat_loop());
+        self.acquire_loop(&tracker).await;
+
+        // Drain: let running jobs finish up to the deadline, then hand back
+        // the rest.
+        tracker.close();
+        let running = s.running.lock().expect("running lock").len();
+        tracing::info!(running, deadline_s = s.options.drain_timeout.as_secs(), "draining");
+        if tokio::time::timeout(s.options.drain_timeout, tracker.wait()).await.is_err() {
+            for job in s.running.lock().expect("running lock").values() {
+                let _ = job.stop.send(Some(StopReason::Drain));
+            }
+            tracker.wait().await;
+        }
+        s.draining.cancel();
+        let _ = heartbeat.await;
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+
+    async fn register_until_done(&self) -> Result<()> {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.register().await {
+                Ok(()) => return Ok(()),
+                Err(Error::Rpc(status)) if transient(&status) => {
+                    tracing::warn!(error = %status.message(), "master unreachable; retrying registration");
+                    if !backoff.wait(&self.shared.shutdown).await {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn register(&self) -> Result<()> {
+        let s = &self.shared;
+        let previous = s.identity.lock().expect("identity lock").worker_id.clone();
+        let request = v1::RegisterRequest {
+            worker_id: previous,
+            name: s.options.name.clone(),
+            capacity: Some(s.ledger.capacity().into()),
+            labels: s.options.labels.clone().into_iter().collect(),
+            ffmpeg_version: s.ffmpeg_version.clone(),
+        };
+        let reply = s.client.clone().register(with_timeout(request, RPC_TIMEOUT)).await?.into_inner();
+        tracing::info!(worker_id = %reply.worker_id, capacity = %s.ledger.capacity(), "registered");
+        *s.identity.lock().expect("identity lock") = Identity {
+            worker_id: reply.worker_id,
+            heartbeat_interval: Duration::from_millis(reply.heartbeat_interval_ms.max(100)),
+        };
+        Ok(())
+    }
+
+    fn identity(&self) -> Identity {
+        self.shared.identity.lock().expect("identity lock").clone()
+    }
+
+    async fn acquire_loop(&self, tracker: &TaskTracker) {
+        let s = &self.shared;
+        let mut backoff = Backoff::default();
+        while !s.shutdown.is_cancelled() {
+            let released = s.ledger.next_release();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let free = s.ledger.free();
+            let slots = s.options.max_jobs as usize - s.running.lock().expect("running lock").len().min(s.options.max_jobs as usize);
+            if free.zero_axis().is_some() || slots == 0 {
+                // Full: nothing can fit until a job ends.
+                tokio::select! {
+                    _ = &mut released => continue,
+                    _ = s.shutdown.cancelled() => break,
+                }
+            }
+            let request = v1::AcquireJobsRequest {
+                worker_id: self.identity().worker_id,
+                free: Some(free.into()),
+                max_jobs: slots as u32,
+                wait_ms: ACQUIRE_WAIT.as_millis() as u64,
+            };
+            let mut client = s.client.clone();
+            let call = client.acquire_jobs(with_timeout(request, ACQUIRE_WAIT + RPC_TIMEOUT));
+            let reply = tokio::select! {
+                reply = call => reply,
+                // More room now: ask again with the larger free amount. A
+                // lease granted in the abandoned reply expires and is requeued.
+                _ = &mut released => continue,
+                _ = s.shutdown.cancelled() => break,
+            };
+            match reply {
+                Ok(reply) => {
+                    backoff.reset();
+                    for lease in reply.into_inner().leases {
+                        self.start_job(tracker, lease);
+                    }
+                }
+                Err(status) if status.code() == Code::FailedPrecondition => {
+                    tracing::warn!(error = %status.message(), "master does not know this worker; registering again");
+                    if let Err(e) = self.register().await {
+                        tracing::warn!(error = %e, "registration failed");
+                        backoff.wait(&s.shutdown).await;
+                    }
+                }
+                Err(status) => {
+                    tracing::warn!(error = %status.message(), "acquire failed");
+                    backoff.wait(&s.shutdown).await;
+                }
+            }
+        }
+    }
+
+    fn start_job(&self, tracker: &TaskTracker, lease: v1::Lease) {
+        let s = &self.shared;
+        let job_id = lease.job_id.clone();
+        let token = lease.token;
+        let spec = match lease.spec.map(leased_spec) {
+            Some(Ok(spec)) => spec,
+            other => {
+                let reason = match other {
+                    Some(Err(e)) => e,
+                    _ => "lease without a spec".into(),
+                };
+                tracing::error!(job_id, reason, "unusable lease");
+                let failure = Failure { kind: FailureKind::Infrastructure, reason, stderr_tail: vec![] };
+                let worker = self.clone();
+                tracker.spawn(async move { worker.report(&job_id, token, RunOutcome::Failed(failure)).await });
+                return;
+            }
+        };
+        if let Err(e) = s.ledger.reserve(&job_id, spec.resources) {
+            tracing::error!(job_id, error = %e, "leased job does not fit; handing it back");
+            let failure = Failure { kind: FailureKind::Infrastructure, reason: e.to_string(), stderr_tail: vec![] };
+            let worker = self.clone();
+            tracker.spawn(async move { worker.report(&job_id, token, RunOutcome::Failed(failure)).await });
+            return;
+        }
+        let (stop_tx, stop_rx) = watch::channel(None);
+        s.running.lock().expect("running lock").insert(job_id.clone(), RunningJob { token, stop: stop_tx });
+        tracing::info!(job_id, token, attempt = lease.attempt, preset = spec.preset.name(), "job started");
+        let worker = self.clone();
+        tracker.spawn(async move {
+            let scratch = worker.shared.jobs_dir.join(format!("{job_id}-{token}"));
+            let (progress_tx, progress_rx) = watch::channel(None);
+            let reporter = tokio::spawn(worker.clone().progress_loop(job_id.clone(), token, progress_rx));
+            let run = JobRun { job_id: &job_id, token, spec: &spec, scratch: &scratch };
+            let outcome = executor::execute(&worker.shared.exec, run, stop_rx, progress_tx).await;
+            let _ = reporter.await;
+            if let Err(e) = tokio::fs::remove_dir_all(&scratch).await
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(job_id, error = %e, "removing scratch dir");
+            }
+            worker.shared.running.lock().expect("running lock").remove(&job_id);
+            worker.shared.ledger.release(&job_id);
+            worker.report(&job_id, token, outcome).await;
+        });
+    }
+
+    /// Sends progress at most every [`PROGRESS_INTERVAL`]; stops the job if
+    /// the master says it was cancelled or the lease is no longer ours.
+    async fn progress_loop(self, job_id: String, token: u64, mut progress: watch::Receiver<Option<Progress>>) {
+        while progress.changed().await.is_ok() {
+            let Some(sample) = progress.borrow_and_update().clone() else { continue };
+            let request = v1::ReportProgressRequest {
+                lease: Some(v1::LeaseRef { job_id: job_id.clone(), token }),
+                progress: Some(sample.into()),
+            };
+            match self.shared.client.clone().report_progress(with_timeout(request, RPC_TIMEOUT)).await {
+                Ok(reply) if reply.get_ref().cancel => self.stop_job(&job_id, StopReason::Revoked),
+                Ok(_) => {}
+                Err(status) if status.code() == Code::FailedPrecondition || status.code() == Code::NotFound => {
+                    tracing::warn!(job_id, error = %status.message(), "lease lost; stopping job");
+                    self.stop_job(&job_id, StopReason::Revoked);
+                }
+                Err(status) => tracing::debug!(job_id, error = %status.message(), "progress report failed"),
+            }
+            tokio::time::sleep(PROGRESS_INTERVAL).await;
+        }
+    }
+
+    fn stop_job(&self, job_id: &str, reason: StopReason) {
+        if let Some(job) = self.shared.running.lock().expect("running lock").get(job_id) {
+            job.stop.send_if_modified(|current| {
+                let first = current.is_none();
+                if first {
+                    *current = Some(reason);
+                }
+                first
+            });
+        }
+    }
+
+    /// Reports a job's outcome, retrying while the master is unreachable.
+    /// A stale lease ends the attempt: the job is someone else's now.
+    async fn report(&self, job_id: &str, token: u64, outcome: RunOutcome) {
+        let lease = Some(v1::LeaseRef { job_id: job_id.to_owned(), token });
+        let mut backoff = Backoff::default();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let mut client = self.shared.client.clone();
+            let sent = match &outcome {
+                RunOutcome::Succeeded(bandwidth) => {
+                    let request = v1::CompleteJobRequest { lease: lease.clone(), bandwidth: Some(bandwidth.clone().into()) };
+                    client.complete_job(with_timeout(request, RPC_TIMEOUT)).await.map(|_| ())
+                }
+                RunOutcome::Failed(failure) => {
+                    let request = v1::FailJobRequest { lease: lease.clone(), failure: Some(failure.clone().into()), bandwidth: None };
+                    client.fail_job(with_timeout(request, RPC_TIMEOUT)).await.map(|_| ())
+                }
+            };
+            match sent {
+                Ok(()) => {
+                    match &outcome {
+                        RunOutcome::Succeeded(b) => tracing::info!(job_id, output_bytes = b.output_bytes, speed = b.speed, "job succeeded"),
+                        RunOutcome::Failed(f) => tracing::info!(job_id, kind = f.kind.as_str(), reason = %f.reason, "job failed"),
+                    }
+                    return;
+                }
+                Err(status) if transient(&status) && tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(job_id, error = %status.message(), "report failed; retrying");
+                    backoff.wait(&CancellationToken::new()).await;
+                }
+                Err(status) => {
+                    tracing::warn!(job_id, code = ?status.code(), error = %status.message(), "report refused");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn heartbeat_loop(self) {
+        let s = &self.shared;
+        loop {
+            let interval = self.identity().heartbeat_interval;
+            tokio::select! {
+                _ = s.draining.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            let leases: Vec<v1::LeaseRef> = s
+                .running
+                .lock()
+                .expect("running lock")
+                .iter()
+                .map(|(job_id, job)| v1::LeaseRef { job_id: job_id.clone(), token: job.token })
+                .collect();
+            let request = v1::HeartbeatRequest {
+                worker_id: self.identity().worker_id,
+                leases,
+                free: Some(s.ledger.free().into()),
+                draining: s.shutdown.is_cancelled(),
+            };
+            match s.client.clone().heartbeat(with_timeout(request, RPC_TIMEOUT)).await {
+                Ok(reply) => {
+                    let reply = reply.into_inner();
+                    for lease in reply.revoked {
+                        tracing::info!(job_id = %lease.job_id, token = lease.token, "lease revoked by master");
+                        self.stop_job(&lease.job_id, StopReason::Revoked);
+                    }
+                    if reply.reregister
+                        && !s.shutdown.is_cancelled()
+                        && let Err(e) = self.register().await
+                    {
+                        tracing::warn!(error = %e, "registering again failed");
+                    }
+                }
+                Err(status) => tracing::warn!(error = %status.message(), "heartbeat failed"),
+            }
+        }
+    }
+}
+
+/// Exponential backoff for the error paths (never for polling).
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: Duration::from_millis(100) }
+    }
+}
+
+impl Backoff {
+    fn reset(&mut self) {
+        *self = Backoff::default();
+    }
+
+    /// Waits the current delay (false if shutdown came first) and doubles it.
+    async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = shutdown.cancelled() => false,
+        }
+    }
+}
