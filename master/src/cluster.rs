@@ -1,8 +1,8 @@
 //! What the master does, independent of the wire: submit, lease, report,
 //! watch, reap. A [`Cluster`] is a cheap, cloneable handle.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ffleet_core::report::Progress;
@@ -45,6 +45,9 @@ struct Inner {
     work_available: Notify,
     /// The id of every job that changed, for WatchJob.
     job_changes: broadcast::Sender<String>,
+    /// Free resources a worker reported (by heartbeat) for its pending
+    /// AcquireJobs, keyed by worker: (acquire_seq, free).
+    pending_free: Mutex<HashMap<String, (u64, Resources)>>,
     shutdown: CancellationToken,
 }
 
@@ -69,6 +72,7 @@ impl Cluster {
                 config,
                 work_available: Notify::new(),
                 job_changes,
+                pending_free: Mutex::new(HashMap::new()),
                 shutdown,
             }),
         }
@@ -228,12 +232,27 @@ impl Cluster {
         worker_id: &str,
         leases: &[LeaseRef],
         draining: bool,
+        pending_acquire: Option<(u64, Resources)>,
     ) -> Result<(Vec<LeaseRef>, bool)> {
+        if let Some((seq, free)) = pending_acquire {
+            let mut pending = self.inner.pending_free.lock().expect("pending_free lock");
+            let entry = pending.entry(worker_id.to_owned()).or_insert((seq, free));
+            if seq >= entry.0 {
+                *entry = (seq, free);
+            }
+            drop(pending);
+            self.inner.work_available.notify_waiters();
+        }
         let now = now_ms();
         let before = self.store().heartbeat_worker(worker_id, draining, now).await?;
         let expires = now + self.inner.config.lease_ttl.as_millis() as i64;
         let revoked = self.store().renew(worker_id, leases, expires).await?;
         let reregister = matches!(before, None | Some(WorkerState::Lost));
+        if draining && before == Some(WorkerState::Ready) {
+            tracing::info!(worker_id, "worker draining");
+            // End its pending AcquireJobs now rather than at the deadline.
+            self.inner.work_available.notify_waiters();
+        }
         if reregister {
             tracing::info!(worker_id, revoked = revoked.len(), "heartbeat from unknown or lost worker");
         }
@@ -246,14 +265,36 @@ impl Cluster {
         &self,
         worker_id: &str,
         free: Resources,
+        seq: u64,
         max_jobs: usize,
         wait: Duration,
     ) -> Result<Vec<JobRecord>> {
-        match self.store().worker(worker_id).await? {
-            Some(w) if w.state == WorkerState::Ready => {}
-            Some(w) if w.state == WorkerState::Draining => return Ok(vec![]),
-            _ => return Err(Error::UnknownWorker(worker_id.to_owned())),
+        let result = self.acquire_inner(worker_id, free, seq, max_jobs, wait).await;
+        let mut pending = self.inner.pending_free.lock().expect("pending_free lock");
+        if pending.get(worker_id).is_some_and(|(s, _)| *s <= seq) {
+            pending.remove(worker_id);
         }
+        result
+    }
+
+    /// What the worker has free for call `seq`: what it said when calling,
+    /// or what it reported since for this same call.
+    fn current_free(&self, worker_id: &str, seq: u64, initial: Resources) -> Resources {
+        let pending = self.inner.pending_free.lock().expect("pending_free lock");
+        match pending.get(worker_id) {
+            Some((s, free)) if *s == seq && seq != 0 => *free,
+            _ => initial,
+        }
+    }
+
+    async fn acquire_inner(
+        &self,
+        worker_id: &str,
+        initial_free: Resources,
+        seq: u64,
+        max_jobs: usize,
+        wait: Duration,
+    ) -> Result<Vec<JobRecord>> {
         let deadline = Instant::now() + wait.min(MAX_ACQUIRE_WAIT);
         let ttl_ms = self.inner.config.lease_ttl.as_millis() as i64;
         loop {
@@ -262,10 +303,17 @@ impl Cluster {
             let notified = self.inner.work_available.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            // Checked every round: a worker that starts draining while it
+            // waits here gets its answer at once (its heartbeat wakes us).
+            match self.store().worker(worker_id).await? {
+                Some(w) if w.state == WorkerState::Ready => {}
+                Some(w) if w.state == WorkerState::Draining => return Ok(vec![]),
+                _ => return Err(Error::UnknownWorker(worker_id.to_owned())),
+            }
             let now = now_ms();
             let request = LeaseRequest {
                 worker_id,
-                free,
+                free: self.current_free(worker_id, seq, initial_free),
                 max_jobs,
                 ttl_ms,
             };

@@ -216,8 +216,9 @@ impl WorkerService for Cluster {
                 token: l.token,
             })
             .collect();
+        let pending = (req.acquire_seq != 0).then(|| (req.acquire_seq, req.free.unwrap_or_default().into()));
         let (revoked, reregister) = self
-            .heartbeat(&req.worker_id, &leases, req.draining)
+            .heartbeat(&req.worker_id, &leases, req.draining, pending)
             .await
             .map_err(status)?;
         Ok(Response::new(v1::HeartbeatResponse {
@@ -240,7 +241,7 @@ impl WorkerService for Cluster {
         let free = required("free", req.free)?.into();
         let wait = Duration::from_millis(req.wait_ms);
         let jobs = self
-            .acquire(&req.worker_id, free, req.max_jobs.max(1) as usize, wait)
+            .acquire(&req.worker_id, free, req.acquire_seq, req.max_jobs.max(1) as usize, wait)
             .await
             .map_err(status)?;
         let ttl_ms = self.config().lease_ttl.as_millis() as u64;

@@ -9,7 +9,7 @@ use ffleet_worker::WorkerOptions;
 
 /// The ffleet worker: runs FFmpeg for jobs the master leases to it.
 #[derive(Parser, Debug)]
-#[command(name = "ffleet-worker", version)]
+#[command(name = "ffleet-worker", version, args_override_self = true)]
 struct Args {
     /// The master's gRPC address, e.g. http://127.0.0.1:7700.
     #[arg(long, env = "FFLEET_MASTER", default_value = "http://127.0.0.1:7700")]

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -87,6 +88,7 @@ impl WorkerOptions {
                 exec,
                 jobs_dir,
                 running: Mutex::new(HashMap::new()),
+                pending_acquire: AtomicU64::new(0),
                 identity: Mutex::new(Identity::default()),
                 ffmpeg_version,
                 options: self,
@@ -123,6 +125,8 @@ struct Shared {
     exec: ExecConfig,
     jobs_dir: PathBuf,
     running: Mutex<HashMap<String, RunningJob>>,
+    /// The sequence number of the pending AcquireJobs, 0 when none.
+    pending_acquire: AtomicU64,
     identity: Mutex<Identity>,
     ffmpeg_version: String,
     options: WorkerOptions,
@@ -220,6 +224,8 @@ impl Worker {
     async fn acquire_loop(&self, tracker: &TaskTracker) {
         let s = &self.shared;
         let mut backoff = Backoff::default();
+        let mut drain_announced = false;
+        s.pending_acquire.store(1, Ordering::SeqCst);
         while !s.shutdown.is_cancelled() {
             let released = s.ledger.next_release();
             tokio::pin!(released);
@@ -233,20 +239,34 @@ impl Worker {
                     _ = s.shutdown.cancelled() => break,
                 }
             }
+            let seq = s.pending_acquire.load(Ordering::SeqCst).max(1);
             let request = v1::AcquireJobsRequest {
                 worker_id: self.identity().worker_id,
                 free: Some(free.into()),
                 max_jobs: slots as u32,
                 wait_ms: ACQUIRE_WAIT.as_millis() as u64,
+                acquire_seq: seq,
             };
             let mut client = s.client.clone();
             let call = client.acquire_jobs(with_timeout(request, ACQUIRE_WAIT + RPC_TIMEOUT));
-            let reply = tokio::select! {
-                reply = call => reply,
-                // More room now: ask again with the larger free amount. A
-                // lease granted in the abandoned reply expires and is requeued.
-                _ = &mut released => continue,
-                _ = s.shutdown.cancelled() => break,
+            tokio::pin!(call);
+            // A pending call is never abandoned: its reply may carry leases.
+            let reply = loop {
+                tokio::select! {
+                    reply = &mut call => break reply,
+                    // More room now: tell the master, which places with it.
+                    _ = &mut released => {
+                        released.set(s.ledger.next_release());
+                        released.as_mut().enable();
+                        self.heartbeat_once().await;
+                    }
+                    // Draining: tell the master, which ends the poll; take
+                    // what it already leased (it runs within the drain).
+                    _ = s.shutdown.cancelled(), if !drain_announced => {
+                        drain_announced = true;
+                        self.heartbeat_once().await;
+                    }
+                }
             };
             match reply {
                 Ok(reply) => {
@@ -267,6 +287,9 @@ impl Worker {
                     backoff.wait(&s.shutdown).await;
                 }
             }
+            // Only now, with this reply's leases reserved, may a heartbeat
+            // speak for the next call.
+            s.pending_acquire.store(seq + 1, Ordering::SeqCst);
         }
     }
 
@@ -390,42 +413,49 @@ impl Worker {
     }
 
     async fn heartbeat_loop(self) {
-        let s = &self.shared;
         loop {
             let interval = self.identity().heartbeat_interval;
             tokio::select! {
-                _ = s.draining.cancelled() => return,
+                _ = self.shared.draining.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}
             }
-            let leases: Vec<v1::LeaseRef> = s
-                .running
-                .lock()
-                .expect("running lock")
-                .iter()
-                .map(|(job_id, job)| v1::LeaseRef { job_id: job_id.clone(), token: job.token })
-                .collect();
-            let request = v1::HeartbeatRequest {
-                worker_id: self.identity().worker_id,
-                leases,
-                free: Some(s.ledger.free().into()),
-                draining: s.shutdown.is_cancelled(),
-            };
-            match s.client.clone().heartbeat(with_timeout(request, RPC_TIMEOUT)).await {
-                Ok(reply) => {
-                    let reply = reply.into_inner();
-                    for lease in reply.revoked {
-                        tracing::info!(job_id = %lease.job_id, token = lease.token, "lease revoked by master");
-                        self.stop_job(&lease.job_id, StopReason::Revoked);
-                    }
-                    if reply.reregister
-                        && !s.shutdown.is_cancelled()
-                        && let Err(e) = self.register().await
-                    {
-                        tracing::warn!(error = %e, "registering again failed");
-                    }
+            self.heartbeat_once().await;
+        }
+    }
+
+    /// One heartbeat: renews our leases, stops the revoked ones, registers
+    /// again if the master forgot us.
+    async fn heartbeat_once(&self) {
+        let s = &self.shared;
+        let leases: Vec<v1::LeaseRef> = s
+            .running
+            .lock()
+            .expect("running lock")
+            .iter()
+            .map(|(job_id, job)| v1::LeaseRef { job_id: job_id.clone(), token: job.token })
+            .collect();
+        let request = v1::HeartbeatRequest {
+            worker_id: self.identity().worker_id,
+            leases,
+            free: Some(s.ledger.free().into()),
+            draining: s.shutdown.is_cancelled(),
+            acquire_seq: s.pending_acquire.load(Ordering::SeqCst),
+        };
+        match s.client.clone().heartbeat(with_timeout(request, RPC_TIMEOUT)).await {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                for lease in reply.revoked {
+                    tracing::info!(job_id = %lease.job_id, token = lease.token, "lease revoked by master");
+                    self.stop_job(&lease.job_id, StopReason::Revoked);
                 }
-                Err(status) => tracing::warn!(error = %status.message(), "heartbeat failed"),
+                if reply.reregister
+                    && !s.shutdown.is_cancelled()
+                    && let Err(e) = self.register().await
+                {
+                    tracing::warn!(error = %e, "registering again failed");
+                }
             }
+            Err(status) => tracing::warn!(error = %status.message(), "heartbeat failed"),
         }
     }
 }

@@ -1,0 +1,297 @@
+//! The harness: real `ffleet-master` and `ffleet-worker` processes on
+//! 127.0.0.1, a fresh SQLite file per test, clips made with `ffmpeg -f lavfi`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use ffleet_core::JobState;
+use ffleet_proto::convert::job_state_from_wire;
+use ffleet_proto::v1::{self, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+
+/// The directory holding the workspace's binaries (target/debug).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/..");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`; scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+pub struct MasterConfig {
+    pub lease_ttl: &'static str,
+    pub retry_backoff: &'static str,
+    pub extra: Vec<String>,
+}
+
+impl Default for MasterConfig {
+    fn default() -> Self {
+        MasterConfig {
+            lease_ttl: "3s",
+            retry_backoff: "100ms",
+            extra: vec![],
+        }
+    }
+}
+
+/// A running master process; killed when dropped.
+pub struct Master {
+    pub child: Child,
+    pub addr: String,
+    pub url: String,
+    pub database: String,
+    pub output_root: PathBuf,
+}
+
+/// One test's world: its temp dir, its master, its workers.
+pub struct Cluster {
+    pub tmp: tempfile::TempDir,
+    pub master: Master,
+    pub workers: Vec<Worker>,
+}
+
+pub struct Worker {
+    pub child: Child,
+    pub work_dir: PathBuf,
+}
+
+impl Cluster {
+    pub async fn start(config: MasterConfig) -> anyhow::Result<Cluster> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().to_path_buf();
+        let master = spawn_master(&dir, &config, "127.0.0.1:0").await?;
+        Ok(Cluster { tmp, master, workers: vec![] })
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Kills the master (SIGKILL) and starts it again on the same address
+    /// and database.
+    pub async fn restart_master(&mut self, config: &MasterConfig) -> anyhow::Result<()> {
+        self.master.child.kill().await?;
+        let addr = self.master.addr.clone();
+        self.master = spawn_master(self.tmp.path(), config, &addr).await?;
+        Ok(())
+    }
+
+    /// Starts a worker and waits until the master lists it.
+    pub async fn spawn_worker(&mut self, name: &str, extra: &[&str]) -> anyhow::Result<usize> {
+        let work_dir = self.dir().join(format!("work-{name}"));
+        let log = std::fs::File::create(self.dir().join(format!("worker-{name}.log")))?;
+        let child = Command::new(bin("ffleet-worker"))
+            .args(["--master", &self.master.url, "--name", name])
+            .arg("--work-dir")
+            .arg(&work_dir)
+            .args(["--cpu", "2", "--memory", "4G", "--disk", "20G", "--grace", "5s"])
+            .args(extra)
+            .env("RUST_LOG", "info,ffleet_worker=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning ffleet-worker")?;
+        self.workers.push(Worker { child, work_dir });
+        let mut client = self.client().await?;
+        eventually(Duration::from_secs(15), || {
+            let mut client = client.clone();
+            async move {
+                let workers = client.list_workers(v1::ListWorkersRequest {}).await?.into_inner();
+                Ok(workers.workers.iter().any(|w| w.name == name && w.state == "ready"))
+            }
+        })
+        .await
+        .with_context(|| format!("worker {name} never registered"))?;
+        let _ = &mut client;
+        Ok(self.workers.len() - 1)
+    }
+
+    pub async fn client(&self) -> anyhow::Result<JobServiceClient<Channel>> {
+        Ok(JobServiceClient::connect(self.master.url.clone()).await?)
+    }
+
+    pub async fn worker_client(&self) -> anyhow::Result<WorkerServiceClient<Channel>> {
+        Ok(WorkerServiceClient::connect(self.master.url.clone()).await?)
+    }
+
+    /// A read-only view of the master's database, for checking what the API
+    /// does not show (the lease history).
+    pub async fn store(&self) -> anyhow::Result<ffleet_master::store::SqliteStore> {
+        Ok(ffleet_master::store::SqliteStore::connect(&self.master.database).await?)
+    }
+
+    /// The master's and workers' logs, for a failing test's message.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for entry in std::fs::read_dir(self.dir()).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".log") {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                out += &format!("--- {name}\n{}\n", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            }
+        }
+        out
+    }
+}
+
+async fn spawn_master(dir: &Path, config: &MasterConfig, listen: &str) -> anyhow::Result<Master> {
+    let output_root = dir.join("out");
+    std::fs::create_dir_all(&output_root)?;
+    let database = format!("sqlite://{}", dir.join("master.db").display());
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("master.log"))?;
+    let mut child = Command::new(bin("ffleet-master"))
+        .args(["--listen", listen, "--database", &database])
+        .arg("--output-root")
+        .arg(&output_root)
+        .args(["--lease-ttl", config.lease_ttl, "--retry-backoff", config.retry_backoff])
+        .args(&config.extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawning ffleet-master")?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .context("master did not start within 20 s")??
+        .context("master exited before listening")?;
+    let addr = line
+        .strip_prefix("ffleet-master listening on ")
+        .with_context(|| format!("unexpected first line {line:?}"))?
+        .to_owned();
+    Ok(Master {
+        child,
+        url: format!("http://{addr}"),
+        addr,
+        database,
+        output_root,
+    })
+}
+
+/// Polls `check` until it returns true or `limit` passes. Only the tests
+/// poll; the product never does.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if matches!(check().await, Ok(true)) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("condition not met within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A test clip made once per test run: `seconds` of testsrc at `size`,
+/// with a sine tone, as H.264/AAC in MP4.
+pub fn clip(seconds: u32, size: &str) -> PathBuf {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static MADE: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let dir = DIR.get_or_init(|| tempfile::tempdir().expect("clip dir"));
+    let made = MADE.get_or_init(Default::default);
+    let mut made = made.lock().expect("clip lock");
+    let key = format!("{seconds}s-{size}");
+    if let Some(path) = made.get(&key) {
+        return path.clone();
+    }
+    let path = dir.path().join(format!("clip-{key}.mp4"));
+    let status = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-y"])
+        .args(["-f", "lavfi", "-i", &format!("testsrc=size={size}:rate=25")])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args(["-t", &seconds.to_string(), "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-shortest"])
+        .arg(&path)
+        .status()
+        .expect("ffmpeg runs (install it: apt-get install ffmpeg)");
+    assert!(status.success(), "making the test clip failed");
+    made.insert(key, path.clone());
+    path
+}
+
+pub fn spec(input: &Path, output: &str, preset: &str) -> v1::JobSpec {
+    v1::JobSpec {
+        input: input.to_string_lossy().into_owned(),
+        output: output.to_owned(),
+        preset: preset.to_owned(),
+        ..Default::default()
+    }
+}
+
+pub async fn submit(client: &mut JobServiceClient<Channel>, spec: v1::JobSpec) -> anyhow::Result<v1::Job> {
+    let request = v1::SubmitJobRequest { spec: Some(spec), idempotency_key: String::new() };
+    Ok(client.submit_job(request).await?.into_inner())
+}
+
+pub fn state_of(job: &v1::Job) -> JobState {
+    job_state_from_wire(job.state).expect("a job has a state")
+}
+
+/// Follows a job through WatchJob until `done(job)` holds; returns that view.
+pub async fn watch_until(
+    client: &mut JobServiceClient<Channel>,
+    id: &str,
+    limit: Duration,
+    done: impl Fn(&v1::Job) -> bool,
+) -> anyhow::Result<v1::Job> {
+    let follow = async {
+        let mut stream = client.watch_job(v1::WatchJobRequest { id: id.to_owned() }).await?.into_inner();
+        while let Some(job) = stream.message().await? {
+            if done(&job) {
+                return Ok(job);
+            }
+        }
+        bail!("watch of {id} ended before the condition held")
+    };
+    tokio::time::timeout(limit, follow)
+        .await
+        .with_context(|| format!("job {id}: condition not met within {limit:?}"))?
+}
+
+pub async fn wait_final(client: &mut JobServiceClient<Channel>, id: &str, limit: Duration) -> anyhow::Result<v1::Job> {
+    watch_until(client, id, limit, |j| state_of(j).is_final()).await
+}
+
+/// Processes whose command line mentions `needle` (e.g. a job's temp file).
+pub fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let mut pids = vec![];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        if String::from_utf8_lossy(&cmdline).contains(needle) && pid != std::process::id() as i32 {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Output height and video codec, from ffprobe.
+pub fn probe_video(path: &Path) -> (String, u32) {
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "stream=codec_name,height", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .expect("ffprobe runs");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (codec, height) = text.split_once(',').unwrap_or((&text, "0"));
+    (codec.to_owned(), height.parse().unwrap_or(0))
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: one binary, real processes, real FFmpeg.
+
+mod helpers;
+
+mod cli;
+mod faults;
+mod http_input;
+mod lifecycle;
+mod validation;
