@@ -9,18 +9,27 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use ffleet_core::JobState;
 use ffleet_core::resources::{parse_cpu, parse_size};
 use ffleet_core::spec::{InputSource, classify_input};
-use ffleet_core::JobState;
 use ffleet_proto::convert::job_state_from_wire;
 use ffleet_proto::v1::{self, job_service_client::JobServiceClient};
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(Parser, Debug)]
-#[command(name = "ffleet", version, about = "Submit and follow transcodes on an ffleet cluster")]
+#[command(
+    name = "ffleet",
+    version,
+    about = "Submit and follow transcodes on an ffleet cluster"
+)]
 struct Cli {
     /// The master's address.
-    #[arg(long, global = true, env = "FFLEET_MASTER", default_value = "http://127.0.0.1:7700")]
+    #[arg(
+        long,
+        global = true,
+        env = "FFLEET_MASTER",
+        default_value = "http://127.0.0.1:7700"
+    )]
     master: String,
     #[command(subcommand)]
     command: Command,
@@ -36,7 +45,7 @@ enum Format {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Submit a transcode.
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
     /// Show one job: state, progress, failure, bandwidth, history.
     Get {
         id: String,
@@ -150,7 +159,9 @@ fn parse_bitrate(s: &str) -> Result<u64, String> {
             None => (lower.as_str(), 1.0),
         },
     };
-    let value: f64 = number.parse().map_err(|_| format!("invalid bitrate {s:?}: e.g. 2500k or 4M"))?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid bitrate {s:?}: e.g. 2500k or 4M"))?;
     if value <= 0.0 || !value.is_finite() {
         return Err(format!("invalid bitrate {s:?}: must be positive"));
     }
@@ -167,32 +178,54 @@ async fn main() {
 }
 
 async fn connect(master: &str) -> anyhow::Result<JobServiceClient<Channel>> {
-    let url = if master.contains("://") { master.to_owned() } else { format!("http://{master}") };
+    let url = if master.contains("://") {
+        master.to_owned()
+    } else {
+        format!("http://{master}")
+    };
     let channel = Endpoint::from_shared(url.clone())
         .with_context(|| format!("invalid master address {master:?}"))?
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach master at {url}: {}", render::transport_cause(&e)))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach master at {url}: {}",
+                render::transport_cause(&e)
+            )
+        })?;
     Ok(JobServiceClient::new(channel))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut client = connect(&cli.master).await?;
     match cli.command {
-        Command::Submit(args) => submit(&mut client, args).await,
+        Command::Submit(args) => submit(&mut client, *args).await,
         Command::Get { id, format } => {
-            let job = client.get_job(v1::GetJobRequest { id }).await.map_err(render::status)?.into_inner();
+            let job = client
+                .get_job(v1::GetJobRequest { id })
+                .await
+                .map_err(render::status)?
+                .into_inner();
             render::job(&job, format == Format::Json);
             Ok(())
         }
-        Command::List { state, limit, page_token, format } => {
+        Command::List {
+            state,
+            limit,
+            page_token,
+            format,
+        } => {
             let request = v1::ListJobsRequest {
                 state: state.map_or(0, |s| v1::JobState::from(s) as i32),
                 page_size: limit,
                 page_token: page_token.unwrap_or_default(),
             };
-            let page = client.list_jobs(request).await.map_err(render::status)?.into_inner();
+            let page = client
+                .list_jobs(request)
+                .await
+                .map_err(render::status)?
+                .into_inner();
             render::job_list(&page, format == Format::Json);
             Ok(())
         }
@@ -201,17 +234,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             finished_ok(&job)
         }
         Command::Cancel { id, format } => {
-            let job = client.cancel_job(v1::CancelJobRequest { id }).await.map_err(render::status)?.into_inner();
+            let job = client
+                .cancel_job(v1::CancelJobRequest { id })
+                .await
+                .map_err(render::status)?
+                .into_inner();
             render::job_brief(&job, format == Format::Json);
             Ok(())
         }
         Command::Retry { id, format } => {
-            let job = client.retry_job(v1::RetryJobRequest { id }).await.map_err(render::status)?.into_inner();
+            let job = client
+                .retry_job(v1::RetryJobRequest { id })
+                .await
+                .map_err(render::status)?
+                .into_inner();
             render::job_brief(&job, format == Format::Json);
             Ok(())
         }
         Command::Workers { format } => {
-            let workers = client.list_workers(v1::ListWorkersRequest {}).await.map_err(render::status)?.into_inner();
+            let workers = client
+                .list_workers(v1::ListWorkersRequest {})
+                .await
+                .map_err(render::status)?
+                .into_inner();
             render::workers(&workers, format == Format::Json);
             Ok(())
         }
@@ -266,8 +311,15 @@ async fn submit(client: &mut JobServiceClient<Channel>, args: SubmitArgs) -> any
         max_attempts: args.max_attempts.unwrap_or(0),
         labels,
     };
-    let request = v1::SubmitJobRequest { spec: Some(spec), idempotency_key: args.idempotency_key.unwrap_or_default() };
-    let job = client.submit_job(request).await.map_err(render::status)?.into_inner();
+    let request = v1::SubmitJobRequest {
+        spec: Some(spec),
+        idempotency_key: args.idempotency_key.unwrap_or_default(),
+    };
+    let job = client
+        .submit_job(request)
+        .await
+        .map_err(render::status)?
+        .into_inner();
     if !args.wait {
         render::job_brief(&job, args.format == Format::Json);
         return Ok(());
@@ -288,7 +340,11 @@ fn finished_ok(job: &v1::Job) -> anyhow::Result<()> {
         Some(JobState::Succeeded) => Ok(()),
         state => {
             let state = state.map_or("unknown", JobState::as_str);
-            let reason = job.failure.as_ref().map(|f| f.reason.as_str()).unwrap_or("no reason recorded");
+            let reason = job
+                .failure
+                .as_ref()
+                .map(|f| f.reason.as_str())
+                .unwrap_or("no reason recorded");
             bail!("job {} {state}: {reason}", job.id)
         }
     }

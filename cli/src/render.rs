@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ffleet_core::report::Progress;
 use ffleet_core::resources::{format_cpu, format_size};
-use ffleet_proto::convert::{job_state_name, job_state_from_wire};
+use ffleet_proto::convert::{job_state_from_wire, job_state_name};
 use ffleet_proto::v1::{self, job_service_client::JobServiceClient};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
@@ -101,7 +101,10 @@ pub fn job_json(job: &v1::Job) -> Value {
 }
 
 fn print_json(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).expect("json values serialize"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("json values serialize")
+    );
 }
 
 /// The id and state, for submit, cancel and retry.
@@ -119,7 +122,15 @@ pub fn job(job: &v1::Job, as_json: bool) {
     }
     let spec = job.spec.clone().unwrap_or_default();
     println!("id:        {}", job.id);
-    println!("state:     {}{}", job_state_name(job.state), if job.cancel_requested { " (cancel requested)" } else { "" });
+    println!(
+        "state:     {}{}",
+        job_state_name(job.state),
+        if job.cancel_requested {
+            " (cancel requested)"
+        } else {
+            ""
+        }
+    );
     println!("preset:    {}", spec.preset);
     println!("input:     {}", spec.input);
     println!("output:    {}", spec.output);
@@ -151,7 +162,13 @@ pub fn job(job: &v1::Job, as_json: bool) {
     }
     println!("history:");
     for t in &job.history {
-        println!("  {}  {:>9} -> {:<9} {}", timestamp(t.at_ms), job_state_name(t.from), job_state_name(t.to), t.reason);
+        println!(
+            "  {}  {:>9} -> {:<9} {}",
+            timestamp(t.at_ms),
+            job_state_name(t.from),
+            job_state_name(t.to),
+            t.reason
+        );
     }
 }
 
@@ -161,14 +178,34 @@ fn timestamp(ms: i64) -> String {
 }
 
 pub fn print_bandwidth(b: &v1::Bandwidth) {
-    println!("  input bytes:      {} ({})", b.input_bytes, format_size(b.input_bytes));
-    println!("  output bytes:     {} ({})", b.output_bytes, format_size(b.output_bytes));
-    println!("  media duration:   {:.3} s", b.media_duration_us as f64 / 1e6);
+    println!(
+        "  input bytes:      {} ({})",
+        b.input_bytes,
+        format_size(b.input_bytes)
+    );
+    println!(
+        "  output bytes:     {} ({})",
+        b.output_bytes,
+        format_size(b.output_bytes)
+    );
+    println!(
+        "  media duration:   {:.3} s",
+        b.media_duration_us as f64 / 1e6
+    );
     println!("  wall time:        {:.3} s", b.wall_time_ms as f64 / 1e3);
-    println!("  avg bitrate:      {:.1} kbit/s", b.avg_bitrate_bps as f64 / 1e3);
+    println!(
+        "  avg bitrate:      {:.1} kbit/s",
+        b.avg_bitrate_bps as f64 / 1e3
+    );
     println!("  speed:            {:.2}x realtime", b.speed);
-    println!("  read throughput:  {}/s", format_size(b.read_bytes_per_sec));
-    println!("  write throughput: {}/s", format_size(b.write_bytes_per_sec));
+    println!(
+        "  read throughput:  {}/s",
+        format_size(b.read_bytes_per_sec)
+    );
+    println!(
+        "  write throughput: {}/s",
+        format_size(b.write_bytes_per_sec)
+    );
 }
 
 pub fn job_list(page: &v1::ListJobsResponse, as_json: bool) {
@@ -178,7 +215,10 @@ pub fn job_list(page: &v1::ListJobsResponse, as_json: bool) {
             "next_page_token": page.next_page_token,
         }));
     }
-    println!("{:<36}  {:<10}  {:<10}  {:>7}  output", "id", "state", "preset", "attempt");
+    println!(
+        "{:<36}  {:<10}  {:<10}  {:>7}  output",
+        "id", "state", "preset", "attempt"
+    );
     for job in &page.jobs {
         let spec = job.spec.clone().unwrap_or_default();
         println!(
@@ -209,7 +249,10 @@ pub fn workers(list: &v1::ListWorkersResponse, as_json: bool) {
             "running_jobs": w.running_jobs,
         })).collect::<Vec<_>>()}));
     }
-    println!("{:<36}  {:<16}  {:<9}  {:>6}  {:>10}  {:>10}  jobs", "id", "name", "state", "cpu", "memory", "disk");
+    println!(
+        "{:<36}  {:<16}  {:<9}  {:>6}  {:>10}  {:>10}  jobs",
+        "id", "name", "state", "cpu", "memory", "disk"
+    );
     for w in &list.workers {
         let c = w.capacity.unwrap_or_default();
         println!(

@@ -41,7 +41,12 @@ pub fn build_args(spec: &JobSpec, input: &str, output: &str) -> Vec<String> {
     match spec.preset.video_codec() {
         Some(codec) => {
             let height = o.height.or(spec.preset.height()).unwrap_or(480);
-            args.extend(["-map".into(), "0:v:0".into(), "-map".into(), "0:a:0?".into()]);
+            args.extend([
+                "-map".into(),
+                "0:v:0".into(),
+                "-map".into(),
+                "0:a:0?".into(),
+            ]);
             args.extend(["-vf".into(), format!("scale=-2:{height}")]);
             match codec {
                 VideoCodec::H264 => {
@@ -210,7 +215,10 @@ pub fn check_probe(summary: &ProbeSummary, preset: Preset) -> Result<(), String>
     }
     let has = |kind: &str| summary.streams.iter().any(|s| s.codec_type == kind);
     if preset.video_codec().is_some() && !has("video") {
-        return Err(format!("preset {} needs a video stream; the input has none", preset.name()));
+        return Err(format!(
+            "preset {} needs a video stream; the input has none",
+            preset.name()
+        ));
     }
     if preset == Preset::Aac && !has("audio") {
         return Err("preset aac needs an audio stream; the input has none".into());
@@ -254,7 +262,10 @@ mod tests {
         assert!(joined.contains("-threads 1"));
         assert!(joined.ends_with("-f mp4 file:/out/.b.mp4.tmp"));
         // The whitelist must precede -i to apply to the input.
-        let wl = args.iter().position(|a| a == "-protocol_whitelist").unwrap();
+        let wl = args
+            .iter()
+            .position(|a| a == "-protocol_whitelist")
+            .unwrap();
         let i = args.iter().position(|a| a == "-i").unwrap();
         assert!(wl < i);
     }
@@ -303,17 +314,42 @@ mod tests {
             streams: vec![video.clone()],
         };
         assert_eq!(check_probe(&ok, Preset::H264_480p), Ok(()));
-        let hls = ProbeSummary { format_name: "hls".into(), ..ok.clone() };
-        assert!(check_probe(&hls, Preset::H264_480p).unwrap_err().contains("hls"));
-        let concat = ProbeSummary { format_name: "concat".into(), ..ok.clone() };
-        assert!(check_probe(&concat, Preset::Remux).is_err());
-        let huge = ProbeSummary {
-            streams: vec![ProbeStream { width: 100_000, height: 100_000, ..video.clone() }],
+        let hls = ProbeSummary {
+            format_name: "hls".into(),
             ..ok.clone()
         };
-        assert!(check_probe(&huge, Preset::H264_480p).unwrap_err().contains("pixel"));
-        let many = ProbeSummary { streams: vec![video; 40], ..ok.clone() };
-        assert!(check_probe(&many, Preset::Remux).unwrap_err().contains("streams"));
+        assert!(
+            check_probe(&hls, Preset::H264_480p)
+                .unwrap_err()
+                .contains("hls")
+        );
+        let concat = ProbeSummary {
+            format_name: "concat".into(),
+            ..ok.clone()
+        };
+        assert!(check_probe(&concat, Preset::Remux).is_err());
+        let huge = ProbeSummary {
+            streams: vec![ProbeStream {
+                width: 100_000,
+                height: 100_000,
+                ..video.clone()
+            }],
+            ..ok.clone()
+        };
+        assert!(
+            check_probe(&huge, Preset::H264_480p)
+                .unwrap_err()
+                .contains("pixel")
+        );
+        let many = ProbeSummary {
+            streams: vec![video; 40],
+            ..ok.clone()
+        };
+        assert!(
+            check_probe(&many, Preset::Remux)
+                .unwrap_err()
+                .contains("streams")
+        );
         assert!(check_probe(&ok, Preset::Aac).unwrap_err().contains("audio"));
     }
 }

@@ -55,12 +55,7 @@ pub fn place(queue: &[Candidate], workers: &[Slot]) -> Vec<Assignment> {
             .iter()
             .enumerate()
             .filter(|(_, w)| w.max_jobs > 0 && w.free.fits(request))
-            .max_by(|(ia, a), (ib, b)| {
-                a.free
-                    .cpu_millis
-                    .cmp(&b.free.cpu_millis)
-                    .then(ib.cmp(ia))
-            })
+            .max_by(|(ia, a), (ib, b)| a.free.cpu_millis.cmp(&b.free.cpu_millis).then(ib.cmp(ia)))
             .map(|(i, _)| i);
         if let Some(worker) = best {
             room[worker].free = room[worker].free.saturating_sub(request);
@@ -94,7 +89,11 @@ mod tests {
 
     #[test]
     fn priority_then_age_decides() {
-        let q = vec![job("a", 0, 1, 1000), job("b", 5, 2, 1000), job("c", 0, 0, 1000)];
+        let q = vec![
+            job("a", 0, 1, 1000),
+            job("b", 5, 2, 1000),
+            job("c", 0, 0, 1000),
+        ];
         let got = place(&q, &[slot(2000, 10)]);
         let ids: Vec<&str> = got.iter().map(|a| q[a.job].id.as_str()).collect();
         assert_eq!(ids, ["b", "c"]);
@@ -118,7 +117,10 @@ mod tests {
         let q = vec![job("a", 0, 0, 500), job("b", 0, 1, 500)];
         let got = place(&q, &[slot(1000, 10), slot(2000, 10)]);
         assert_eq!(got[0].worker, 1);
-        assert_eq!(got[1].worker, 1, "after a, worker 1 has 1500 free, still more");
+        assert_eq!(
+            got[1].worker, 1,
+            "after a, worker 1 has 1500 free, still more"
+        );
     }
 
     fn arb_queue() -> impl Strategy<Value = Vec<Candidate>> {
@@ -140,18 +142,16 @@ mod tests {
     }
 
     fn arb_workers() -> impl Strategy<Value = Vec<Slot>> {
-        proptest::collection::vec(
-            (0u32..8000, 0u64..8000, 0u64..8000, 0usize..6),
-            1..5,
+        proptest::collection::vec((0u32..8000, 0u64..8000, 0u64..8000, 0usize..6), 1..5).prop_map(
+            |ws| {
+                ws.into_iter()
+                    .map(|(c, m, d, n)| Slot {
+                        free: Resources::new(c, m, d),
+                        max_jobs: n,
+                    })
+                    .collect()
+            },
         )
-        .prop_map(|ws| {
-            ws.into_iter()
-                .map(|(c, m, d, n)| Slot {
-                    free: Resources::new(c, m, d),
-                    max_jobs: n,
-                })
-                .collect()
-        })
     }
 
     proptest! {

@@ -49,7 +49,12 @@ pub struct Bandwidth {
 
 impl Bandwidth {
     /// Derives the rates from the measured totals.
-    pub fn measure(input_bytes: u64, output_bytes: u64, media_duration_us: u64, wall_time_ms: u64) -> Self {
+    pub fn measure(
+        input_bytes: u64,
+        output_bytes: u64,
+        media_duration_us: u64,
+        wall_time_ms: u64,
+    ) -> Self {
         let per_sec = |bytes: u64| {
             if wall_time_ms == 0 {
                 0

@@ -125,7 +125,8 @@ pub fn parse_cpu(input: &str) -> Result<u32, ParseError> {
     };
     let s = input.trim();
     let millis = if let Some(m) = s.strip_suffix('m') {
-        m.parse::<u32>().map_err(|_| err("expected millicores, e.g. 1500m"))? as f64
+        m.parse::<u32>()
+            .map_err(|_| err("expected millicores, e.g. 1500m"))? as f64
     } else {
         let cores: f64 = s.parse().map_err(|_| err("expected cores, e.g. 1.5"))?;
         cores * 1000.0

@@ -293,7 +293,10 @@ const MAX_LABELS: usize = 32;
 pub fn validate(raw: SubmittedSpec, policy: &SpecPolicy) -> Result<JobSpec, InvalidSpec> {
     let input = validate_input(&raw.input, policy)?;
     let preset = if raw.preset.is_empty() {
-        return Err(invalid("preset", "required; one of ".to_owned() + &preset_names()));
+        return Err(invalid(
+            "preset",
+            "required; one of ".to_owned() + &preset_names(),
+        ));
     } else {
         Preset::parse(&raw.preset).ok_or_else(|| {
             invalid(
@@ -631,59 +634,212 @@ mod tests {
     fn each_bad_input_names_its_field() {
         let p = policy();
         let cases: Vec<(SubmittedSpec, &str)> = vec![
-            (SubmittedSpec { input: "".into(), ..raw() }, "input"),
-            (SubmittedSpec { input: "relative.mp4".into(), ..raw() }, "input"),
-            (SubmittedSpec { input: "concat:/a.mp4|/b.mp4".into(), ..raw() }, "input"),
-            (SubmittedSpec { input: "pipe:0".into(), ..raw() }, "input"),
-            (SubmittedSpec { input: "file:///etc/passwd".into(), ..raw() }, "input"),
-            (SubmittedSpec { input: "data:video/mp4;base64,AAAA".into(), ..raw() }, "input"),
-            (SubmittedSpec { input: "ftp://host/a.mp4".into(), ..raw() }, "input"),
-            (SubmittedSpec { input: "http:///nohost".into(), ..raw() }, "input"),
-            (SubmittedSpec { preset: "".into(), ..raw() }, "preset"),
-            (SubmittedSpec { preset: "h264-4k".into(), ..raw() }, "preset"),
-            (SubmittedSpec { output: "".into(), ..raw() }, "output"),
-            (SubmittedSpec { output: "../escape.mp4".into(), ..raw() }, "output"),
-            (SubmittedSpec { output: "a/../../escape.mp4".into(), ..raw() }, "output"),
-            (SubmittedSpec { output: "/etc/cron.d/x".into(), ..raw() }, "output"),
-            (SubmittedSpec { output: "/srv/outside.mp4".into(), ..raw() }, "output"),
-            (SubmittedSpec { output: "/srv/out".into(), ..raw() }, "output"),
-            (SubmittedSpec { output: "dir/".into(), ..raw() }, "output"),
             (
-                SubmittedSpec { resources: Some(Resources::new(0, 1, 1)), ..raw() },
+                SubmittedSpec {
+                    input: "".into(),
+                    ..raw()
+                },
+                "input",
+            ),
+            (
+                SubmittedSpec {
+                    input: "relative.mp4".into(),
+                    ..raw()
+                },
+                "input",
+            ),
+            (
+                SubmittedSpec {
+                    input: "concat:/a.mp4|/b.mp4".into(),
+                    ..raw()
+                },
+                "input",
+            ),
+            (
+                SubmittedSpec {
+                    input: "pipe:0".into(),
+                    ..raw()
+                },
+                "input",
+            ),
+            (
+                SubmittedSpec {
+                    input: "file:///etc/passwd".into(),
+                    ..raw()
+                },
+                "input",
+            ),
+            (
+                SubmittedSpec {
+                    input: "data:video/mp4;base64,AAAA".into(),
+                    ..raw()
+                },
+                "input",
+            ),
+            (
+                SubmittedSpec {
+                    input: "ftp://host/a.mp4".into(),
+                    ..raw()
+                },
+                "input",
+            ),
+            (
+                SubmittedSpec {
+                    input: "http:///nohost".into(),
+                    ..raw()
+                },
+                "input",
+            ),
+            (
+                SubmittedSpec {
+                    preset: "".into(),
+                    ..raw()
+                },
+                "preset",
+            ),
+            (
+                SubmittedSpec {
+                    preset: "h264-4k".into(),
+                    ..raw()
+                },
+                "preset",
+            ),
+            (
+                SubmittedSpec {
+                    output: "".into(),
+                    ..raw()
+                },
+                "output",
+            ),
+            (
+                SubmittedSpec {
+                    output: "../escape.mp4".into(),
+                    ..raw()
+                },
+                "output",
+            ),
+            (
+                SubmittedSpec {
+                    output: "a/../../escape.mp4".into(),
+                    ..raw()
+                },
+                "output",
+            ),
+            (
+                SubmittedSpec {
+                    output: "/etc/cron.d/x".into(),
+                    ..raw()
+                },
+                "output",
+            ),
+            (
+                SubmittedSpec {
+                    output: "/srv/outside.mp4".into(),
+                    ..raw()
+                },
+                "output",
+            ),
+            (
+                SubmittedSpec {
+                    output: "/srv/out".into(),
+                    ..raw()
+                },
+                "output",
+            ),
+            (
+                SubmittedSpec {
+                    output: "dir/".into(),
+                    ..raw()
+                },
+                "output",
+            ),
+            (
+                SubmittedSpec {
+                    resources: Some(Resources::new(0, 1, 1)),
+                    ..raw()
+                },
                 "resources.cpu",
             ),
             (
-                SubmittedSpec { resources: Some(Resources::new(1, 0, 1)), ..raw() },
+                SubmittedSpec {
+                    resources: Some(Resources::new(1, 0, 1)),
+                    ..raw()
+                },
                 "resources.memory",
             ),
             (
-                SubmittedSpec { resources: Some(Resources::new(1, 1, 0)), ..raw() },
+                SubmittedSpec {
+                    resources: Some(Resources::new(1, 1, 0)),
+                    ..raw()
+                },
                 "resources.disk",
             ),
-            (SubmittedSpec { crf: Some(60), ..raw() }, "overrides.crf"),
             (
-                SubmittedSpec { crf: Some(20), video_bitrate: Some(1_000_000), ..raw() },
-                "overrides.crf",
-            ),
-            (SubmittedSpec { height: Some(721), ..raw() }, "overrides.height"),
-            (
-                SubmittedSpec { preset: "aac".into(), crf: Some(20), ..raw() },
+                SubmittedSpec {
+                    crf: Some(60),
+                    ..raw()
+                },
                 "overrides.crf",
             ),
             (
-                SubmittedSpec { preset: "remux".into(), audio_bitrate: Some(128_000), ..raw() },
+                SubmittedSpec {
+                    crf: Some(20),
+                    video_bitrate: Some(1_000_000),
+                    ..raw()
+                },
+                "overrides.crf",
+            ),
+            (
+                SubmittedSpec {
+                    height: Some(721),
+                    ..raw()
+                },
+                "overrides.height",
+            ),
+            (
+                SubmittedSpec {
+                    preset: "aac".into(),
+                    crf: Some(20),
+                    ..raw()
+                },
+                "overrides.crf",
+            ),
+            (
+                SubmittedSpec {
+                    preset: "remux".into(),
+                    audio_bitrate: Some(128_000),
+                    ..raw()
+                },
                 "overrides.audio_bitrate",
             ),
             (
-                SubmittedSpec { container: Some("avi".into()), ..raw() },
+                SubmittedSpec {
+                    container: Some("avi".into()),
+                    ..raw()
+                },
                 "overrides.container",
             ),
             (
-                SubmittedSpec { container: Some("webm".into()), ..raw() },
+                SubmittedSpec {
+                    container: Some("webm".into()),
+                    ..raw()
+                },
                 "overrides.container",
             ),
-            (SubmittedSpec { max_attempts: 1000, ..raw() }, "max_attempts"),
-            (SubmittedSpec { timeout_ms: u64::MAX, ..raw() }, "timeout"),
+            (
+                SubmittedSpec {
+                    max_attempts: 1000,
+                    ..raw()
+                },
+                "max_attempts",
+            ),
+            (
+                SubmittedSpec {
+                    timeout_ms: u64::MAX,
+                    ..raw()
+                },
+                "timeout",
+            ),
             (
                 SubmittedSpec {
                     labels: [("bad key".to_owned(), "v".to_owned())].into(),
@@ -692,7 +848,10 @@ mod tests {
                 "labels",
             ),
             (
-                SubmittedSpec { input: "/srv/out/out.mp4".into(), ..raw() },
+                SubmittedSpec {
+                    input: "/srv/out/out.mp4".into(),
+                    ..raw()
+                },
                 "output",
             ),
         ];
@@ -707,19 +866,35 @@ mod tests {
         let mut p = policy();
         p.input_roots = vec![PathBuf::from("/media")];
         assert!(validate(raw(), &p).is_ok());
-        let escaped = SubmittedSpec { input: "/media/../etc/passwd".into(), ..raw() };
+        let escaped = SubmittedSpec {
+            input: "/media/../etc/passwd".into(),
+            ..raw()
+        };
         assert_eq!(field_of(escaped, &p), "input");
-        let elsewhere = SubmittedSpec { input: "/home/x.mp4".into(), ..raw() };
+        let elsewhere = SubmittedSpec {
+            input: "/home/x.mp4".into(),
+            ..raw()
+        };
         assert_eq!(field_of(elsewhere, &p), "input");
         // URLs are not local paths: roots do not apply to them.
-        let url = SubmittedSpec { input: "https://cdn.example/a.mp4".into(), ..raw() };
+        let url = SubmittedSpec {
+            input: "https://cdn.example/a.mp4".into(),
+            ..raw()
+        };
         assert!(validate(url, &p).is_ok());
     }
 
     #[test]
     fn http_inputs_are_accepted() {
         for url in ["http://127.0.0.1:8080/a.mp4", "HTTPS://example.com/x?y=1"] {
-            let spec = validate(SubmittedSpec { input: url.into(), ..raw() }, &policy()).unwrap();
+            let spec = validate(
+                SubmittedSpec {
+                    input: url.into(),
+                    ..raw()
+                },
+                &policy(),
+            )
+            .unwrap();
             assert_eq!(spec.input_source(), InputSource::Http(url.into()));
         }
     }
@@ -727,7 +902,10 @@ mod tests {
     #[test]
     fn absolute_outputs_inside_the_root_are_kept() {
         let spec = validate(
-            SubmittedSpec { output: "/srv/out/a/./b.mkv".into(), ..raw() },
+            SubmittedSpec {
+                output: "/srv/out/a/./b.mkv".into(),
+                ..raw()
+            },
             &policy(),
         )
         .unwrap();

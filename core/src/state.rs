@@ -162,13 +162,25 @@ pub enum Event {
         expires_at_ms: i64,
     },
     /// The worker started FFmpeg.
-    Start { token: u64 },
+    Start {
+        token: u64,
+    },
     /// A heartbeat keeps the lease alive.
-    Renew { token: u64, expires_at_ms: i64 },
-    Complete { token: u64 },
-    Fail { token: u64, failure: Failure },
+    Renew {
+        token: u64,
+        expires_at_ms: i64,
+    },
+    Complete {
+        token: u64,
+    },
+    Fail {
+        token: u64,
+        failure: Failure,
+    },
     /// The lease ran past its expiry without renewal.
-    LeaseExpired { token: u64 },
+    LeaseExpired {
+        token: u64,
+    },
     /// A user asked to cancel.
     Cancel,
     /// A user asked to run a finished, unsuccessful job again.
@@ -323,7 +335,11 @@ pub fn step(
         }
         (Leased, Event::Start { .. }) => {
             next.state = Running;
-            Ok(outcome(next, Some((Running, "ffmpeg started".into())), vec![]))
+            Ok(outcome(
+                next,
+                Some((Running, "ffmpeg started".into())),
+                vec![],
+            ))
         }
         // A repeated start (a retried RPC) is harmless.
         (Running, Event::Start { .. }) => Ok(outcome(next, None, vec![])),
@@ -525,12 +541,20 @@ mod tests {
         ] {
             let err = step(&s, event.clone(), 1, &RETRY).unwrap_err();
             assert!(
-                matches!(err, StepError::StaleLease { current: Some(7), .. }),
+                matches!(
+                    err,
+                    StepError::StaleLease {
+                        current: Some(7),
+                        ..
+                    }
+                ),
                 "{event:?} gave {err:?}"
             );
         }
         // A token for a job no longer leased is stale too.
-        let done = step(&s, Event::Complete { token: 7 }, 1, &RETRY).unwrap().status;
+        let done = step(&s, Event::Complete { token: 7 }, 1, &RETRY)
+            .unwrap()
+            .status;
         let err = step(&done, Event::Complete { token: 7 }, 2, &RETRY).unwrap_err();
         assert_eq!(
             err,
@@ -548,7 +572,10 @@ mod tests {
             token: 1,
             failure: failure(FailureKind::Input),
         };
-        assert_eq!(step(&s, input, 5, &RETRY).unwrap().status.state, JobState::Failed);
+        assert_eq!(
+            step(&s, input, 5, &RETRY).unwrap().status.state,
+            JobState::Failed
+        );
 
         let infra = Event::Fail {
             token: 1,
@@ -583,7 +610,10 @@ mod tests {
             token: 1,
             failure: failure(FailureKind::Timeout),
         };
-        assert_eq!(step(&s, timed_out, 1, &RETRY).unwrap().status.state, JobState::TimedOut);
+        assert_eq!(
+            step(&s, timed_out, 1, &RETRY).unwrap().status.state,
+            JobState::TimedOut
+        );
 
         let asked = step(&s, Event::Cancel, 1, &RETRY).unwrap();
         assert_eq!(asked.status.state, JobState::Leased);
@@ -622,9 +652,14 @@ mod tests {
         .unwrap()
         .status;
         let again = step(&failed, Event::Retry, 9, &RETRY).unwrap().status;
-        assert_eq!((again.state, again.attempt, again.failure), (JobState::Queued, 0, None));
+        assert_eq!(
+            (again.state, again.attempt, again.failure),
+            (JobState::Queued, 0, None)
+        );
 
-        let succeeded = step(&s, Event::Complete { token: 1 }, 1, &RETRY).unwrap().status;
+        let succeeded = step(&s, Event::Complete { token: 1 }, 1, &RETRY)
+            .unwrap()
+            .status;
         assert!(matches!(
             step(&succeeded, Event::Retry, 2, &RETRY),
             Err(StepError::NotAllowed { .. })

@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ffleet_core::Resources;
 use ffleet_core::report::Progress;
 use ffleet_core::spec::{self, SpecPolicy, SubmittedSpec};
 use ffleet_core::state::{Action, Event, Outcome, RetryPolicy, StepError};
-use ffleet_core::Resources;
 use ffleet_proto::v1;
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::time::Instant;
@@ -89,7 +89,11 @@ impl Cluster {
     pub async fn submit(&self, raw: SubmittedSpec, key: Option<String>) -> Result<v1::Job> {
         let spec = spec::validate(raw, &self.inner.config.policy)?;
         let id = uuid::Uuid::now_v7().to_string();
-        let job = match self.store().submit(&id, key.as_deref(), &spec, now_ms()).await? {
+        let job = match self
+            .store()
+            .submit(&id, key.as_deref(), &spec, now_ms())
+            .await?
+        {
             Submitted::Created(job) => {
                 tracing::info!(job_id = %job.id, preset = spec.preset.name(), "job submitted");
                 self.inner.work_available.notify_waiters();
@@ -148,7 +152,10 @@ impl Cluster {
     }
 
     /// The job now, then each change, until it is final or the client goes.
-    pub async fn watch(&self, id: String) -> Result<mpsc::Receiver<Result<v1::Job, tonic::Status>>> {
+    pub async fn watch(
+        &self,
+        id: String,
+    ) -> Result<mpsc::Receiver<Result<v1::Job, tonic::Status>>> {
         let mut changes = self.inner.job_changes.subscribe();
         let first = self.job_with_history(&id).await?;
         let (tx, rx) = mpsc::channel(16);
@@ -244,7 +251,10 @@ impl Cluster {
             self.inner.work_available.notify_waiters();
         }
         let now = now_ms();
-        let before = self.store().heartbeat_worker(worker_id, draining, now).await?;
+        let before = self
+            .store()
+            .heartbeat_worker(worker_id, draining, now)
+            .await?;
         let expires = now + self.inner.config.lease_ttl.as_millis() as i64;
         let revoked = self.store().renew(worker_id, leases, expires).await?;
         let reregister = matches!(before, None | Some(WorkerState::Lost));
@@ -254,7 +264,11 @@ impl Cluster {
             self.inner.work_available.notify_waiters();
         }
         if reregister {
-            tracing::info!(worker_id, revoked = revoked.len(), "heartbeat from unknown or lost worker");
+            tracing::info!(
+                worker_id,
+                revoked = revoked.len(),
+                "heartbeat from unknown or lost worker"
+            );
         }
         Ok((revoked, reregister))
     }
@@ -269,7 +283,9 @@ impl Cluster {
         max_jobs: usize,
         wait: Duration,
     ) -> Result<Vec<JobRecord>> {
-        let result = self.acquire_inner(worker_id, free, seq, max_jobs, wait).await;
+        let result = self
+            .acquire_inner(worker_id, free, seq, max_jobs, wait)
+            .await;
         let mut pending = self.inner.pending_free.lock().expect("pending_free lock");
         if pending.get(worker_id).is_some_and(|(s, _)| *s <= seq) {
             pending.remove(worker_id);
@@ -325,9 +341,11 @@ impl Cluster {
                 }
                 return Ok(leased);
             }
-            let retry_at = self.store().next_retry_at(now).await?.map(|at| {
-                Instant::now() + Duration::from_millis((at - now).max(0) as u64)
-            });
+            let retry_at = self
+                .store()
+                .next_retry_at(now)
+                .await?
+                .map(|at| Instant::now() + Duration::from_millis((at - now).max(0) as u64));
             let wake_at = retry_at.map_or(deadline, |at| at.min(deadline));
             tokio::select! {
                 _ = &mut notified => {}
@@ -355,7 +373,11 @@ impl Cluster {
                 bandwidth: None,
             };
             let (job, _) = self
-                .apply(&lease.job_id, Event::Start { token: lease.token }, attachments)
+                .apply(
+                    &lease.job_id,
+                    Event::Start { token: lease.token },
+                    attachments,
+                )
                 .await?;
             return Ok(job.status.cancel_requested);
         }
@@ -382,7 +404,10 @@ impl Cluster {
         }
         for lease in self.store().expired_leases(now).await? {
             let event = Event::LeaseExpired { token: lease.token };
-            match self.apply(&lease.job_id, event, Attachments::default()).await {
+            match self
+                .apply(&lease.job_id, event, Attachments::default())
+                .await
+            {
                 Ok(_) => {}
                 // Renewed, completed or reaped by someone else meanwhile.
                 Err(Error::Step(StepError::StaleLease { .. })) => {}
@@ -394,7 +419,8 @@ impl Cluster {
 
     /// Runs [`Cluster::reap`] every quarter TTL until shutdown.
     pub async fn run_reaper(self) {
-        let period = (self.inner.config.lease_ttl / 4).clamp(Duration::from_millis(50), Duration::from_secs(2));
+        let period = (self.inner.config.lease_ttl / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(2));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -8,7 +8,10 @@ pub enum Error {
     #[error("invalid spec: {0}")]
     InvalidSpec(#[from] InvalidSpec),
     #[error("{field}: {message}")]
-    InvalidArgument { field: &'static str, message: String },
+    InvalidArgument {
+        field: &'static str,
+        message: String,
+    },
     #[error("job {0} not found")]
     JobNotFound(String),
     #[error("worker {0} is not registered (or was declared lost); register again")]

@@ -110,11 +110,17 @@ impl JobService for Cluster {
     }
 
     async fn get_job(&self, request: Request<v1::GetJobRequest>) -> Reply<v1::Job> {
-        let job = self.job_with_history(&request.into_inner().id).await.map_err(status)?;
+        let job = self
+            .job_with_history(&request.into_inner().id)
+            .await
+            .map_err(status)?;
         Ok(Response::new(job))
     }
 
-    async fn list_jobs(&self, request: Request<v1::ListJobsRequest>) -> Reply<v1::ListJobsResponse> {
+    async fn list_jobs(
+        &self,
+        request: Request<v1::ListJobsRequest>,
+    ) -> Reply<v1::ListJobsResponse> {
         let req = request.into_inner();
         let state = match req.state {
             0 => None,
@@ -151,7 +157,9 @@ impl JobService for Cluster {
         self.apply(&id, Event::Cancel, Attachments::default())
             .await
             .map_err(status)?;
-        Ok(Response::new(self.job_with_history(&id).await.map_err(status)?))
+        Ok(Response::new(
+            self.job_with_history(&id).await.map_err(status)?,
+        ))
     }
 
     async fn retry_job(&self, request: Request<v1::RetryJobRequest>) -> Reply<v1::Job> {
@@ -159,12 +167,17 @@ impl JobService for Cluster {
         self.apply(&id, Event::Retry, Attachments::default())
             .await
             .map_err(status)?;
-        Ok(Response::new(self.job_with_history(&id).await.map_err(status)?))
+        Ok(Response::new(
+            self.job_with_history(&id).await.map_err(status)?,
+        ))
     }
 
     type WatchJobStream = Pin<Box<dyn Stream<Item = Result<v1::Job, Status>> + Send>>;
 
-    async fn watch_job(&self, request: Request<v1::WatchJobRequest>) -> Reply<Self::WatchJobStream> {
+    async fn watch_job(
+        &self,
+        request: Request<v1::WatchJobRequest>,
+    ) -> Reply<Self::WatchJobStream> {
         let rx = self.watch(request.into_inner().id).await.map_err(status)?;
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         Ok(Response::new(Box::pin(stream)))
@@ -206,7 +219,10 @@ impl WorkerService for Cluster {
         }))
     }
 
-    async fn heartbeat(&self, request: Request<v1::HeartbeatRequest>) -> Reply<v1::HeartbeatResponse> {
+    async fn heartbeat(
+        &self,
+        request: Request<v1::HeartbeatRequest>,
+    ) -> Reply<v1::HeartbeatResponse> {
         let req = request.into_inner();
         let leases: Vec<LeaseRef> = req
             .leases
@@ -216,7 +232,8 @@ impl WorkerService for Cluster {
                 token: l.token,
             })
             .collect();
-        let pending = (req.acquire_seq != 0).then(|| (req.acquire_seq, req.free.unwrap_or_default().into()));
+        let pending =
+            (req.acquire_seq != 0).then(|| (req.acquire_seq, req.free.unwrap_or_default().into()));
         let (revoked, reregister) = self
             .heartbeat(&req.worker_id, &leases, req.draining, pending)
             .await
@@ -241,7 +258,13 @@ impl WorkerService for Cluster {
         let free = required("free", req.free)?.into();
         let wait = Duration::from_millis(req.wait_ms);
         let jobs = self
-            .acquire(&req.worker_id, free, req.acquire_seq, req.max_jobs.max(1) as usize, wait)
+            .acquire(
+                &req.worker_id,
+                free,
+                req.acquire_seq,
+                req.max_jobs.max(1) as usize,
+                wait,
+            )
             .await
             .map_err(status)?;
         let ttl_ms = self.config().lease_ttl.as_millis() as u64;
@@ -280,9 +303,13 @@ impl WorkerService for Cluster {
             progress: None,
             bandwidth: req.bandwidth.map(Into::into),
         };
-        self.apply(&lease.job_id, Event::Complete { token: lease.token }, attachments)
-            .await
-            .map_err(status)?;
+        self.apply(
+            &lease.job_id,
+            Event::Complete { token: lease.token },
+            attachments,
+        )
+        .await
+        .map_err(status)?;
         Ok(Response::new(v1::CompleteJobResponse {}))
     }
 

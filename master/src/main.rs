@@ -15,7 +15,12 @@ struct Args {
     #[arg(long, env = "FFLEET_LISTEN", default_value = "127.0.0.1:7700")]
     listen: SocketAddr,
     /// Database URL: sqlite://PATH (created if missing).
-    #[arg(long, global = true, env = "FFLEET_DATABASE", default_value = "sqlite://ffleet.db")]
+    #[arg(
+        long,
+        global = true,
+        env = "FFLEET_DATABASE",
+        default_value = "sqlite://ffleet.db"
+    )]
     database: String,
     /// Outputs must land inside this directory.
     #[arg(long, default_value = ".")]
@@ -63,7 +68,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ffleet_telemetry::init_logging(args.log_format);
     match args.command {
-        Some(Command::Migrate { action: MigrateAction::Status }) => {
+        Some(Command::Migrate {
+            action: MigrateAction::Status,
+        }) => {
             let rows = ffleet_master::migrate::status(&args.database).await?;
             println!("{:<8} {:<10} description", "version", "state");
             for m in rows {
@@ -72,7 +79,9 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Some(Command::Migrate { action: MigrateAction::Up }) => {
+        Some(Command::Migrate {
+            action: MigrateAction::Up,
+        }) => {
             ffleet_master::migrate::up(&args.database).await?;
             println!("migrations applied");
             Ok(())

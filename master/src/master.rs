@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use ffleet_core::spec::SpecPolicy;
 use ffleet_core::state::RetryPolicy;
-use ffleet_proto::v1::{job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer};
+use ffleet_proto::v1::{
+    job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -65,7 +67,9 @@ pub struct Master {
 
 impl Master {
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     pub fn cluster(&self) -> Cluster {

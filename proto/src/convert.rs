@@ -1,10 +1,10 @@
 //! Conversions between wire messages and core types. Both master and worker
 //! use these, so a field is mapped in exactly one place.
 
+use ffleet_core::Resources;
 use ffleet_core::report::{Bandwidth, Progress};
 use ffleet_core::spec::{Container, JobSpec, Preset, SubmittedSpec};
 use ffleet_core::state::{Failure, FailureKind, JobState};
-use ffleet_core::Resources;
 
 use crate::v1;
 
@@ -193,11 +193,14 @@ impl From<JobSpec> for v1::JobSpec {
 /// A spec as the master leased it: already validated, so this only fails on
 /// a master and worker that disagree about the contract.
 pub fn leased_spec(s: v1::JobSpec) -> Result<JobSpec, String> {
-    let preset = Preset::parse(&s.preset).ok_or_else(|| format!("unknown preset {:?}", s.preset))?;
+    let preset =
+        Preset::parse(&s.preset).ok_or_else(|| format!("unknown preset {:?}", s.preset))?;
     let o = s.overrides.unwrap_or_default();
     let container = match o.container.as_deref() {
         None | Some("") => None,
-        Some(name) => Some(Container::parse(name).ok_or_else(|| format!("unknown container {name:?}"))?),
+        Some(name) => {
+            Some(Container::parse(name).ok_or_else(|| format!("unknown container {name:?}"))?)
+        }
     };
     Ok(JobSpec {
         input: s.input,
@@ -210,7 +213,10 @@ pub fn leased_spec(s: v1::JobSpec) -> Result<JobSpec, String> {
             audio_bitrate: o.audio_bitrate,
             container,
         },
-        resources: s.resources.map(Into::into).unwrap_or_else(|| preset.default_resources()),
+        resources: s
+            .resources
+            .map(Into::into)
+            .unwrap_or_else(|| preset.default_resources()),
         timeout_ms: s.timeout_ms,
         priority: s.priority,
         max_attempts: s.max_attempts,

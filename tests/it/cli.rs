@@ -21,10 +21,26 @@ async fn submit_wait_and_get_print_the_job_with_bandwidth() -> anyhow::Result<()
     let input = clip(1, "160x120");
     let out = ffleet(
         &url,
-        &["submit", input.to_str().unwrap(), "-o", "cli.mp4", "--preset", "h264-480p", "--cpu", "0.5", "--wait", "--format", "json"],
+        &[
+            "submit",
+            input.to_str().unwrap(),
+            "-o",
+            "cli.mp4",
+            "--preset",
+            "h264-480p",
+            "--cpu",
+            "0.5",
+            "--wait",
+            "--format",
+            "json",
+        ],
     )
     .await?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let job: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(job["state"], "succeeded");
     assert_eq!(job["spec"]["resources"]["cpu_millis"], 500);
@@ -53,11 +69,18 @@ async fn errors_are_one_line_and_exit_non_zero() -> anyhow::Result<()> {
     let url = cluster.master.url.clone();
     let input = clip(1, "160x120");
 
-    let bad = ffleet(&url, &["submit", input.to_str().unwrap(), "-o", "../escape.mp4"]).await?;
+    let bad = ffleet(
+        &url,
+        &["submit", input.to_str().unwrap(), "-o", "../escape.mp4"],
+    )
+    .await?;
     assert!(!bad.status.success());
     let stderr = String::from_utf8(bad.stderr)?;
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.starts_with("error: ") && stderr.contains("output:"), "{stderr}");
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("output:"),
+        "{stderr}"
+    );
 
     let unknown = ffleet(&url, &["get", "no-such-job"]).await?;
     assert!(!unknown.status.success());
@@ -75,9 +98,22 @@ async fn errors_are_one_line_and_exit_non_zero() -> anyhow::Result<()> {
     std::fs::write(&junk, b"junk")?;
     let mut cluster = cluster;
     cluster.spawn_worker("w1", &[]).await?;
-    let failed = ffleet(&url, &["submit", junk.to_str().unwrap(), "-o", "junk-out.mp4", "--wait"]).await?;
+    let failed = ffleet(
+        &url,
+        &[
+            "submit",
+            junk.to_str().unwrap(),
+            "-o",
+            "junk-out.mp4",
+            "--wait",
+        ],
+    )
+    .await?;
     assert!(!failed.status.success());
     let stderr = String::from_utf8(failed.stderr)?;
-    assert!(stderr.lines().last().unwrap().contains("failed"), "{stderr}");
+    assert!(
+        stderr.lines().last().unwrap().contains("failed"),
+        "{stderr}"
+    );
     Ok(())
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use ffleet_core::JobState;
 use ffleet_proto::convert::job_state_from_wire;
-use ffleet_proto::v1::{self, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient};
+use ffleet_proto::v1::{
+    self, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
@@ -18,7 +20,10 @@ use tonic::transport::Channel;
 /// The directory holding the workspace's binaries (target/debug).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/..");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/..");
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -70,7 +75,11 @@ impl Cluster {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().to_path_buf();
         let master = spawn_master(&dir, &config, "127.0.0.1:0").await?;
-        Ok(Cluster { tmp, master, workers: vec![] })
+        Ok(Cluster {
+            tmp,
+            master,
+            workers: vec![],
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -94,7 +103,9 @@ impl Cluster {
             .args(["--master", &self.master.url, "--name", name])
             .arg("--work-dir")
             .arg(&work_dir)
-            .args(["--cpu", "2", "--memory", "4G", "--disk", "20G", "--grace", "5s"])
+            .args([
+                "--cpu", "2", "--memory", "4G", "--disk", "20G", "--grace", "5s",
+            ])
             .args(extra)
             .env("RUST_LOG", "info,ffleet_worker=debug")
             .stdin(Stdio::null())
@@ -108,8 +119,14 @@ impl Cluster {
         eventually(Duration::from_secs(15), || {
             let mut client = client.clone();
             async move {
-                let workers = client.list_workers(v1::ListWorkersRequest {}).await?.into_inner();
-                Ok(workers.workers.iter().any(|w| w.name == name && w.state == "ready"))
+                let workers = client
+                    .list_workers(v1::ListWorkersRequest {})
+                    .await?
+                    .into_inner();
+                Ok(workers
+                    .workers
+                    .iter()
+                    .any(|w| w.name == name && w.state == "ready"))
             }
         })
         .await
@@ -135,12 +152,19 @@ impl Cluster {
     /// The master's and workers' logs, for a failing test's message.
     pub fn logs(&self) -> String {
         let mut out = String::new();
-        for entry in std::fs::read_dir(self.dir()).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(self.dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.ends_with(".log") {
                 let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(40).collect();
-                out += &format!("--- {name}\n{}\n", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+                out += &format!(
+                    "--- {name}\n{}\n",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
             }
         }
         out
@@ -151,12 +175,20 @@ async fn spawn_master(dir: &Path, config: &MasterConfig, listen: &str) -> anyhow
     let output_root = dir.join("out");
     std::fs::create_dir_all(&output_root)?;
     let database = format!("sqlite://{}", dir.join("master.db").display());
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("master.log"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("master.log"))?;
     let mut child = Command::new(bin("ffleet-master"))
         .args(["--listen", listen, "--database", &database])
         .arg("--output-root")
         .arg(&output_root)
-        .args(["--lease-ttl", config.lease_ttl, "--retry-backoff", config.retry_backoff])
+        .args([
+            "--lease-ttl",
+            config.lease_ttl,
+            "--retry-backoff",
+            config.retry_backoff,
+        ])
         .args(&config.extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -219,7 +251,17 @@ pub fn clip(seconds: u32, size: &str) -> PathBuf {
         .args(["-nostdin", "-loglevel", "error", "-y"])
         .args(["-f", "lavfi", "-i", &format!("testsrc=size={size}:rate=25")])
         .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
-        .args(["-t", &seconds.to_string(), "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-shortest"])
+        .args([
+            "-t",
+            &seconds.to_string(),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-c:a",
+            "aac",
+            "-shortest",
+        ])
         .arg(&path)
         .status()
         .expect("ffmpeg runs (install it: apt-get install ffmpeg)");
@@ -237,8 +279,14 @@ pub fn spec(input: &Path, output: &str, preset: &str) -> v1::JobSpec {
     }
 }
 
-pub async fn submit(client: &mut JobServiceClient<Channel>, spec: v1::JobSpec) -> anyhow::Result<v1::Job> {
-    let request = v1::SubmitJobRequest { spec: Some(spec), idempotency_key: String::new() };
+pub async fn submit(
+    client: &mut JobServiceClient<Channel>,
+    spec: v1::JobSpec,
+) -> anyhow::Result<v1::Job> {
+    let request = v1::SubmitJobRequest {
+        spec: Some(spec),
+        idempotency_key: String::new(),
+    };
     Ok(client.submit_job(request).await?.into_inner())
 }
 
@@ -254,7 +302,10 @@ pub async fn watch_until(
     done: impl Fn(&v1::Job) -> bool,
 ) -> anyhow::Result<v1::Job> {
     let follow = async {
-        let mut stream = client.watch_job(v1::WatchJobRequest { id: id.to_owned() }).await?.into_inner();
+        let mut stream = client
+            .watch_job(v1::WatchJobRequest { id: id.to_owned() })
+            .await?
+            .into_inner();
         while let Some(job) = stream.message().await? {
             if done(&job) {
                 return Ok(job);
@@ -267,7 +318,11 @@ pub async fn watch_until(
         .with_context(|| format!("job {id}: condition not met within {limit:?}"))?
 }
 
-pub async fn wait_final(client: &mut JobServiceClient<Channel>, id: &str, limit: Duration) -> anyhow::Result<v1::Job> {
+pub async fn wait_final(
+    client: &mut JobServiceClient<Channel>,
+    id: &str,
+    limit: Duration,
+) -> anyhow::Result<v1::Job> {
     watch_until(client, id, limit, |j| state_of(j).is_final()).await
 }
 
@@ -275,8 +330,12 @@ pub async fn wait_final(client: &mut JobServiceClient<Channel>, id: &str, limit:
 pub fn processes_mentioning(needle: &str) -> Vec<i32> {
     let mut pids = vec![];
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         if String::from_utf8_lossy(&cmdline).contains(needle) && pid != std::process::id() as i32 {
             pids.push(pid);
         }
@@ -287,7 +346,16 @@ pub fn processes_mentioning(needle: &str) -> Vec<i32> {
 /// Output height and video codec, from ffprobe.
 pub fn probe_video(path: &Path) -> (String, u32) {
     let out = std::process::Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "stream=codec_name,height", "-of", "csv=p=0"])
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=codec_name,height",
+            "-of",
+            "csv=p=0",
+        ])
         .arg(path)
         .output()
         .expect("ffprobe runs");

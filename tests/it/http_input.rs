@@ -34,7 +34,9 @@ async fn serve(files: HashMap<&'static str, PathBuf>) -> anyhow::Result<FileServ
             let files = files.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 8192];
-                let Ok(n) = socket.read(&mut buf).await else { return };
+                let Ok(n) = socket.read(&mut buf).await else {
+                    return;
+                };
                 let request = String::from_utf8_lossy(&buf[..n]);
                 let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
                 let response = match files.get(path.as_str()).map(std::fs::read) {
@@ -47,7 +49,10 @@ async fn serve(files: HashMap<&'static str, PathBuf>) -> anyhow::Result<FileServ
                         r.extend(body);
                         r
                     }
-                    _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+                    _ => {
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_vec()
+                    }
                 };
                 let _ = socket.write_all(&response).await;
                 let _ = socket.shutdown().await;
@@ -64,12 +69,21 @@ async fn http_inputs_are_downloaded_and_oversized_ones_fail_cleanly() -> anyhow:
     let small_len = std::fs::metadata(&small)?.len();
     let big_len = std::fs::metadata(&big)?.len();
     let cap = (small_len + big_len) / 2;
-    assert!(small_len < cap && cap < big_len, "clip sizes {small_len} and {big_len} straddle the cap");
+    assert!(
+        small_len < cap && cap < big_len,
+        "clip sizes {small_len} and {big_len} straddle the cap"
+    );
 
-    let server = serve(HashMap::from([("/small.mp4", small.clone()), ("/big.mp4", big)])).await?;
+    let server = serve(HashMap::from([
+        ("/small.mp4", small.clone()),
+        ("/big.mp4", big),
+    ]))
+    .await?;
     let mut cluster = Cluster::start(MasterConfig::default()).await?;
     let cap_arg = cap.to_string();
-    cluster.spawn_worker("w1", &["--max-download", &cap_arg]).await?;
+    cluster
+        .spawn_worker("w1", &["--max-download", &cap_arg])
+        .await?;
     let mut client = cluster.client().await?;
     let url = |path: &str| format!("http://{}{path}", server.addr);
 
@@ -77,9 +91,17 @@ async fn http_inputs_are_downloaded_and_oversized_ones_fail_cleanly() -> anyhow:
     s.input = url("/small.mp4");
     let job = submit(&mut client, s).await?;
     let done = wait_final(&mut client, &job.id, Duration::from_secs(60)).await?;
-    assert_eq!(state_of(&done), JobState::Succeeded, "{done:?}\n{}", cluster.logs());
+    assert_eq!(
+        state_of(&done),
+        JobState::Succeeded,
+        "{done:?}\n{}",
+        cluster.logs()
+    );
     assert_eq!(done.bandwidth.unwrap().input_bytes, small_len);
-    assert_eq!(probe_video(&cluster.master.output_root.join("from-http.mp4")).1, 480);
+    assert_eq!(
+        probe_video(&cluster.master.output_root.join("from-http.mp4")).1,
+        480
+    );
 
     let mut s = spec(&small, "too-big.mp4", "h264-480p");
     s.input = url("/big.mp4");
@@ -88,7 +110,11 @@ async fn http_inputs_are_downloaded_and_oversized_ones_fail_cleanly() -> anyhow:
     assert_eq!((state_of(&done), done.attempt), (JobState::Failed, 1));
     let failure = done.failure.unwrap();
     assert_eq!(failure.kind, v1::FailureKind::Input as i32);
-    assert!(failure.reason.contains("download cap"), "{}", failure.reason);
+    assert!(
+        failure.reason.contains("download cap"),
+        "{}",
+        failure.reason
+    );
     assert!(!cluster.master.output_root.join("too-big.mp4").exists());
 
     let mut s = spec(&small, "missing.mp4", "h264-480p");

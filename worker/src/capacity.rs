@@ -18,7 +18,8 @@ pub fn detect(
     let cpu = match cpu {
         Some(c) => c,
         None => {
-            let cores = std::thread::available_parallelism().map_err(|e| Error::Capacity(e.to_string()))?;
+            let cores =
+                std::thread::available_parallelism().map_err(|e| Error::Capacity(e.to_string()))?;
             cores.get() as u32 * 1000
         }
     };
@@ -45,7 +46,8 @@ fn total_memory() -> Result<u64> {
 
 /// Bytes an unprivileged writer may still use on the filesystem of `dir`.
 pub fn free_disk(dir: &Path) -> Result<u64> {
-    let stat = nix::sys::statvfs::statvfs(dir).map_err(|e| Error::Capacity(format!("statvfs {}: {e}", dir.display())))?;
+    let stat = nix::sys::statvfs::statvfs(dir)
+        .map_err(|e| Error::Capacity(format!("statvfs {}: {e}", dir.display())))?;
     Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
 }
 

@@ -67,12 +67,17 @@ fn interrupted(why: Interrupted, timeout: Duration) -> RunOutcome {
     match why {
         Interrupted::Timeout => failure(
             FailureKind::Timeout,
-            format!("ran past its timeout of {}", humantime::format_duration(timeout)),
+            format!(
+                "ran past its timeout of {}",
+                humantime::format_duration(timeout)
+            ),
             vec![],
         ),
-        Interrupted::Stop(StopReason::Revoked) => {
-            failure(FailureKind::Cancelled, "stopped: the master revoked the lease", vec![])
-        }
+        Interrupted::Stop(StopReason::Revoked) => failure(
+            FailureKind::Cancelled,
+            "stopped: the master revoked the lease",
+            vec![],
+        ),
         Interrupted::Stop(StopReason::Drain) => failure(
             FailureKind::Infrastructure,
             "worker shutting down; job handed back",
@@ -139,8 +144,20 @@ pub async fn execute(
     let input = match run.spec.input_source() {
         InputSource::Local(path) => match tokio::fs::metadata(&path).await {
             Ok(m) if m.is_file() => path,
-            Ok(_) => return failure(FailureKind::Input, format!("input {} is not a file", path.display()), vec![]),
-            Err(e) => return failure(FailureKind::Input, format!("input {}: {e}", path.display()), vec![]),
+            Ok(_) => {
+                return failure(
+                    FailureKind::Input,
+                    format!("input {} is not a file", path.display()),
+                    vec![],
+                );
+            }
+            Err(e) => {
+                return failure(
+                    FailureKind::Input,
+                    format!("input {}: {e}", path.display()),
+                    vec![],
+                );
+            }
         },
         InputSource::Http(url) => {
             let target = run.scratch.join("input");
@@ -175,9 +192,14 @@ pub async fn execute(
             vec![],
         );
     }
-    let outcome = encode(config, &run, &input_str, &temp, &summary, &mut stop, deadline, progress).await;
+    let outcome = encode(
+        config, &run, &input_str, &temp, &summary, &mut stop, deadline, progress,
+    )
+    .await;
     let outcome = match outcome {
-        Ok((bandwidth_parts, stderr_tail)) => finish(&input, &temp, &output, bandwidth_parts, stderr_tail).await,
+        Ok((bandwidth_parts, stderr_tail)) => {
+            finish(&input, &temp, &output, bandwidth_parts, stderr_tail).await
+        }
         Err(outcome) => outcome,
     };
     if !matches!(outcome, RunOutcome::Succeeded(_)) {
@@ -189,7 +211,10 @@ pub async fn execute(
 /// `/out/dir/.name.mp4.ffleet-<token>.tmp`: hidden, unique per lease, and
 /// on the target's filesystem so the final rename is atomic.
 pub fn temp_output(output: &Path, token: u64) -> PathBuf {
-    let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     output.with_file_name(format!(".{name}.ffleet-{token}.tmp"))
 }
 
@@ -222,7 +247,13 @@ async fn encode(
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| failure(FailureKind::Infrastructure, format!("spawning {}: {e}", config.ffmpeg.display()), vec![]))?;
+        .map_err(|e| {
+            failure(
+                FailureKind::Infrastructure,
+                format!("spawning {}: {e}", config.ffmpeg.display()),
+                vec![],
+            )
+        })?;
     let pid = child.id().map(|id| Pid::from_raw(id as i32));
 
     let duration_us = summary.duration_us.unwrap_or(0);
@@ -281,13 +312,23 @@ async fn encode(
     let wall = started.elapsed();
     let out_time_us = progress_task.await.unwrap_or(0);
     let stderr_tail = stderr_task.await.unwrap_or_default();
-    let status = exit.map_err(|e| failure(FailureKind::Infrastructure, format!("waiting for ffmpeg: {e}"), vec![]))?;
+    let status = exit.map_err(|e| {
+        failure(
+            FailureKind::Infrastructure,
+            format!("waiting for ffmpeg: {e}"),
+            vec![],
+        )
+    })?;
     if !status.success() {
         return Err(classify_exit(status, stderr_tail));
     }
     Ok((
         EncodeMeasure {
-            media_duration_us: if out_time_us > 0 { out_time_us } else { duration_us },
+            media_duration_us: if out_time_us > 0 {
+                out_time_us
+            } else {
+                duration_us
+            },
             wall,
         },
         stderr_tail,
@@ -299,15 +340,31 @@ async fn encode(
 fn classify_exit(status: ExitStatus, stderr_tail: Vec<String>) -> RunOutcome {
     use std::os::unix::process::ExitStatusExt;
     if let Some(signal) = status.signal() {
-        return failure(FailureKind::Infrastructure, format!("ffmpeg killed by signal {signal}"), stderr_tail);
+        return failure(
+            FailureKind::Infrastructure,
+            format!("ffmpeg killed by signal {signal}"),
+            stderr_tail,
+        );
     }
     let text = stderr_tail.join("\n");
-    let worker_side = ["No space left on device", "Cannot allocate memory", "Input/output error"];
+    let worker_side = [
+        "No space left on device",
+        "Cannot allocate memory",
+        "Input/output error",
+    ];
     if let Some(sign) = worker_side.iter().find(|s| text.contains(*s)) {
-        return failure(FailureKind::Infrastructure, format!("ffmpeg failed: {sign}"), stderr_tail);
+        return failure(
+            FailureKind::Infrastructure,
+            format!("ffmpeg failed: {sign}"),
+            stderr_tail,
+        );
     }
     let code = status.code().unwrap_or(-1);
-    failure(FailureKind::Input, format!("ffmpeg rejected the input (exit status {code})"), stderr_tail)
+    failure(
+        FailureKind::Input,
+        format!("ffmpeg rejected the input (exit status {code})"),
+        stderr_tail,
+    )
 }
 
 /// SIGTERM to the process group, the grace period, then SIGKILL.
@@ -319,7 +376,11 @@ async fn terminate(child: &mut Child, pid: Option<Pid>, grace: Duration, job_id:
         Err(_) => {
             let _ = killpg(pid, Signal::SIGKILL);
             let _ = child.wait().await;
-            tracing::warn!(job_id, grace_ms = grace.as_millis() as u64, "ffmpeg ignored SIGTERM; killed");
+            tracing::warn!(
+                job_id,
+                grace_ms = grace.as_millis() as u64,
+                "ffmpeg ignored SIGTERM; killed"
+            );
         }
     }
     // Anything left in the group (children FFmpeg started) goes too.
@@ -333,10 +394,19 @@ async fn finish(
     measure: EncodeMeasure,
     stderr_tail: Vec<String>,
 ) -> RunOutcome {
-    let input_bytes = tokio::fs::metadata(input).await.map(|m| m.len()).unwrap_or(0);
+    let input_bytes = tokio::fs::metadata(input)
+        .await
+        .map(|m| m.len())
+        .unwrap_or(0);
     let output_bytes = match tokio::fs::metadata(temp).await {
         Ok(m) => m.len(),
-        Err(e) => return failure(FailureKind::Infrastructure, format!("ffmpeg left no output: {e}"), stderr_tail),
+        Err(e) => {
+            return failure(
+                FailureKind::Infrastructure,
+                format!("ffmpeg left no output: {e}"),
+                stderr_tail,
+            );
+        }
     };
     if let Err(e) = tokio::fs::rename(temp, output).await {
         return failure(
@@ -357,25 +427,55 @@ async fn finish(
 async fn download(config: &ExecConfig, url: &str, target: &Path) -> Result<(), RunOutcome> {
     let cap = config.max_download_bytes;
     let response = config.http.get(url).send().await.map_err(|e| {
-        failure(FailureKind::Infrastructure, format!("downloading {url}: {e}"), vec![])
+        failure(
+            FailureKind::Infrastructure,
+            format!("downloading {url}: {e}"),
+            vec![],
+        )
     })?;
     let status = response.status();
     if status.is_client_error() {
-        return Err(failure(FailureKind::Input, format!("downloading {url}: HTTP {status}"), vec![]));
+        return Err(failure(
+            FailureKind::Input,
+            format!("downloading {url}: HTTP {status}"),
+            vec![],
+        ));
     }
     if !status.is_success() {
-        return Err(failure(FailureKind::Infrastructure, format!("downloading {url}: HTTP {status}"), vec![]));
+        return Err(failure(
+            FailureKind::Infrastructure,
+            format!("downloading {url}: HTTP {status}"),
+            vec![],
+        ));
     }
-    let too_large = || failure(FailureKind::Input, format!("input at {url} exceeds the download cap of {cap} bytes"), vec![]);
+    let too_large = || {
+        failure(
+            FailureKind::Input,
+            format!("input at {url} exceeds the download cap of {cap} bytes"),
+            vec![],
+        )
+    };
     if response.content_length().is_some_and(|len| len > cap) {
         return Err(too_large());
     }
-    let io_failure = |e: std::io::Error| failure(FailureKind::Infrastructure, format!("writing {}: {e}", target.display()), vec![]);
+    let io_failure = |e: std::io::Error| {
+        failure(
+            FailureKind::Infrastructure,
+            format!("writing {}: {e}", target.display()),
+            vec![],
+        )
+    };
     let mut file = tokio::fs::File::create(target).await.map_err(io_failure)?;
     let mut body = response.bytes_stream();
     let mut written: u64 = 0;
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| failure(FailureKind::Infrastructure, format!("downloading {url}: {e}"), vec![]))?;
+        let chunk = chunk.map_err(|e| {
+            failure(
+                FailureKind::Infrastructure,
+                format!("downloading {url}: {e}"),
+                vec![],
+            )
+        })?;
         written += chunk.len() as u64;
         if written > cap {
             return Err(too_large());
@@ -398,12 +498,19 @@ async fn probe(config: &ExecConfig, input: &str) -> Result<ProbeSummary, RunOutc
         Err(_) => {
             return Err(failure(
                 FailureKind::Input,
-                format!("ffprobe took longer than {} s", config.probe_timeout.as_secs()),
+                format!(
+                    "ffprobe took longer than {} s",
+                    config.probe_timeout.as_secs()
+                ),
                 vec![],
             ));
         }
         Ok(Err(e)) => {
-            return Err(failure(FailureKind::Infrastructure, format!("running ffprobe: {e}"), vec![]));
+            return Err(failure(
+                FailureKind::Infrastructure,
+                format!("running ffprobe: {e}"),
+                vec![],
+            ));
         }
         Ok(Ok(out)) => out,
     };
@@ -417,9 +524,19 @@ async fn probe(config: &ExecConfig, input: &str) -> Result<ProbeSummary, RunOutc
         .rev()
         .collect();
     if !out.status.success() {
-        return Err(failure(FailureKind::Input, "ffprobe could not read the input", stderr));
+        return Err(failure(
+            FailureKind::Input,
+            "ffprobe could not read the input",
+            stderr,
+        ));
     }
-    parse_probe(&out.stdout).map_err(|e| failure(FailureKind::Input, format!("unreadable ffprobe report: {e}"), stderr))
+    parse_probe(&out.stdout).map_err(|e| {
+        failure(
+            FailureKind::Input,
+            format!("unreadable ffprobe report: {e}"),
+            stderr,
+        )
+    })
 }
 
 fn parse_probe(json: &[u8]) -> Result<ProbeSummary, serde_json::Error> {

@@ -37,13 +37,17 @@ impl Ledger {
 
     pub fn free(&self) -> Resources {
         let reserved = self.reserved.lock().expect("ledger lock");
-        let used = reserved.values().fold(Resources::ZERO, |acc, r| acc.saturating_add(r));
+        let used = reserved
+            .values()
+            .fold(Resources::ZERO, |acc, r| acc.saturating_add(r));
         self.capacity.saturating_sub(&used)
     }
 
     pub fn reserve(&self, job_id: &str, request: Resources) -> Result<(), DoesNotFit> {
         let mut reserved = self.reserved.lock().expect("ledger lock");
-        let used = reserved.values().fold(Resources::ZERO, |acc, r| acc.saturating_add(r));
+        let used = reserved
+            .values()
+            .fold(Resources::ZERO, |acc, r| acc.saturating_add(r));
         let free = self.capacity.saturating_sub(&used);
         if reserved.contains_key(job_id) || !free.fits(&request) {
             return Err(DoesNotFit {
@@ -84,6 +88,9 @@ mod tests {
         ledger.release("a");
         ledger.reserve("b", job).unwrap();
         assert_eq!(ledger.free(), Resources::new(500, 3 << 30, 9 << 30));
-        assert!(ledger.reserve("b", Resources::new(1, 1, 1)).is_err(), "one reservation per job");
+        assert!(
+            ledger.reserve("b", Resources::new(1, 1, 1)).is_err(),
+            "one reservation per job"
+        );
     }
 }

@@ -56,7 +56,12 @@ impl WorkerOptions {
             .await
             .map_err(|e| Error::WorkDir(self.work_dir.clone(), e))?;
         remove_leftovers(&jobs_dir).await;
-        let capacity = capacity::detect(&self.work_dir, self.cpu_millis, self.memory_bytes, self.disk_bytes)?;
+        let capacity = capacity::detect(
+            &self.work_dir,
+            self.cpu_millis,
+            self.memory_bytes,
+            self.disk_bytes,
+        )?;
         let ffmpeg_version = capacity::ffmpeg_version(&self.ffmpeg).await?;
         let url = if self.master.contains("://") {
             self.master.clone()
@@ -101,7 +106,9 @@ impl WorkerOptions {
 
 /// Scratch directories of a previous life (a crash) are garbage now.
 async fn remove_leftovers(jobs_dir: &std::path::Path) {
-    let Ok(mut entries) = tokio::fs::read_dir(jobs_dir).await else { return };
+    let Ok(mut entries) = tokio::fs::read_dir(jobs_dir).await else {
+        return;
+    };
     while let Ok(Some(entry)) = entries.next_entry().await {
         tracing::info!(path = %entry.path().display(), "removing leftover scratch dir");
         let _ = tokio::fs::remove_dir_all(entry.path()).await;
@@ -149,7 +156,14 @@ fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
 
 /// Errors worth retrying: the master is restarting or unreachable.
 fn transient(status: &tonic::Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled | Code::Internal)
+    matches!(
+        status.code(),
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::Internal
+    )
 }
 
 impl Worker {
@@ -169,8 +183,15 @@ impl Worker {
         // the rest.
         tracker.close();
         let running = s.running.lock().expect("running lock").len();
-        tracing::info!(running, deadline_s = s.options.drain_timeout.as_secs(), "draining");
-        if tokio::time::timeout(s.options.drain_timeout, tracker.wait()).await.is_err() {
+        tracing::info!(
+            running,
+            deadline_s = s.options.drain_timeout.as_secs(),
+            "draining"
+        );
+        if tokio::time::timeout(s.options.drain_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
             for job in s.running.lock().expect("running lock").values() {
                 let _ = job.stop.send(Some(StopReason::Drain));
             }
@@ -208,7 +229,12 @@ impl Worker {
             labels: s.options.labels.clone().into_iter().collect(),
             ffmpeg_version: s.ffmpeg_version.clone(),
         };
-        let reply = s.client.clone().register(with_timeout(request, RPC_TIMEOUT)).await?.into_inner();
+        let reply = s
+            .client
+            .clone()
+            .register(with_timeout(request, RPC_TIMEOUT))
+            .await?
+            .into_inner();
         tracing::info!(worker_id = %reply.worker_id, capacity = %s.ledger.capacity(), "registered");
         *s.identity.lock().expect("identity lock") = Identity {
             worker_id: reply.worker_id,
@@ -231,7 +257,12 @@ impl Worker {
             tokio::pin!(released);
             released.as_mut().enable();
             let free = s.ledger.free();
-            let slots = s.options.max_jobs as usize - s.running.lock().expect("running lock").len().min(s.options.max_jobs as usize);
+            let slots = s.options.max_jobs as usize
+                - s.running
+                    .lock()
+                    .expect("running lock")
+                    .len()
+                    .min(s.options.max_jobs as usize);
             if free.zero_axis().is_some() || slots == 0 {
                 // Full: nothing can fit until a job ends.
                 tokio::select! {
@@ -305,28 +336,65 @@ impl Worker {
                     _ => "lease without a spec".into(),
                 };
                 tracing::error!(job_id, reason, "unusable lease");
-                let failure = Failure { kind: FailureKind::Infrastructure, reason, stderr_tail: vec![] };
+                let failure = Failure {
+                    kind: FailureKind::Infrastructure,
+                    reason,
+                    stderr_tail: vec![],
+                };
                 let worker = self.clone();
-                tracker.spawn(async move { worker.report(&job_id, token, RunOutcome::Failed(failure)).await });
+                tracker.spawn(async move {
+                    worker
+                        .report(&job_id, token, RunOutcome::Failed(failure))
+                        .await
+                });
                 return;
             }
         };
         if let Err(e) = s.ledger.reserve(&job_id, spec.resources) {
             tracing::error!(job_id, error = %e, "leased job does not fit; handing it back");
-            let failure = Failure { kind: FailureKind::Infrastructure, reason: e.to_string(), stderr_tail: vec![] };
+            let failure = Failure {
+                kind: FailureKind::Infrastructure,
+                reason: e.to_string(),
+                stderr_tail: vec![],
+            };
             let worker = self.clone();
-            tracker.spawn(async move { worker.report(&job_id, token, RunOutcome::Failed(failure)).await });
+            tracker.spawn(async move {
+                worker
+                    .report(&job_id, token, RunOutcome::Failed(failure))
+                    .await
+            });
             return;
         }
         let (stop_tx, stop_rx) = watch::channel(None);
-        s.running.lock().expect("running lock").insert(job_id.clone(), RunningJob { token, stop: stop_tx });
-        tracing::info!(job_id, token, attempt = lease.attempt, preset = spec.preset.name(), "job started");
+        s.running.lock().expect("running lock").insert(
+            job_id.clone(),
+            RunningJob {
+                token,
+                stop: stop_tx,
+            },
+        );
+        tracing::info!(
+            job_id,
+            token,
+            attempt = lease.attempt,
+            preset = spec.preset.name(),
+            "job started"
+        );
         let worker = self.clone();
         tracker.spawn(async move {
             let scratch = worker.shared.jobs_dir.join(format!("{job_id}-{token}"));
             let (progress_tx, progress_rx) = watch::channel(None);
-            let reporter = tokio::spawn(worker.clone().progress_loop(job_id.clone(), token, progress_rx));
-            let run = JobRun { job_id: &job_id, token, spec: &spec, scratch: &scratch };
+            let reporter = tokio::spawn(worker.clone().progress_loop(
+                job_id.clone(),
+                token,
+                progress_rx,
+            ));
+            let run = JobRun {
+                job_id: &job_id,
+                token,
+                spec: &spec,
+                scratch: &scratch,
+            };
             let outcome = executor::execute(&worker.shared.exec, run, stop_rx, progress_tx).await;
             let _ = reporter.await;
             if let Err(e) = tokio::fs::remove_dir_all(&scratch).await
@@ -334,7 +402,12 @@ impl Worker {
             {
                 tracing::warn!(job_id, error = %e, "removing scratch dir");
             }
-            worker.shared.running.lock().expect("running lock").remove(&job_id);
+            worker
+                .shared
+                .running
+                .lock()
+                .expect("running lock")
+                .remove(&job_id);
             worker.shared.ledger.release(&job_id);
             worker.report(&job_id, token, outcome).await;
         });
@@ -342,28 +415,55 @@ impl Worker {
 
     /// Sends progress at most every [`PROGRESS_INTERVAL`]; stops the job if
     /// the master says it was cancelled or the lease is no longer ours.
-    async fn progress_loop(self, job_id: String, token: u64, mut progress: watch::Receiver<Option<Progress>>) {
+    async fn progress_loop(
+        self,
+        job_id: String,
+        token: u64,
+        mut progress: watch::Receiver<Option<Progress>>,
+    ) {
         while progress.changed().await.is_ok() {
-            let Some(sample) = progress.borrow_and_update().clone() else { continue };
+            let Some(sample) = progress.borrow_and_update().clone() else {
+                continue;
+            };
             let request = v1::ReportProgressRequest {
-                lease: Some(v1::LeaseRef { job_id: job_id.clone(), token }),
+                lease: Some(v1::LeaseRef {
+                    job_id: job_id.clone(),
+                    token,
+                }),
                 progress: Some(sample.into()),
             };
-            match self.shared.client.clone().report_progress(with_timeout(request, RPC_TIMEOUT)).await {
+            match self
+                .shared
+                .client
+                .clone()
+                .report_progress(with_timeout(request, RPC_TIMEOUT))
+                .await
+            {
                 Ok(reply) if reply.get_ref().cancel => self.stop_job(&job_id, StopReason::Revoked),
                 Ok(_) => {}
-                Err(status) if status.code() == Code::FailedPrecondition || status.code() == Code::NotFound => {
+                Err(status)
+                    if status.code() == Code::FailedPrecondition
+                        || status.code() == Code::NotFound =>
+                {
                     tracing::warn!(job_id, error = %status.message(), "lease lost; stopping job");
                     self.stop_job(&job_id, StopReason::Revoked);
                 }
-                Err(status) => tracing::debug!(job_id, error = %status.message(), "progress report failed"),
+                Err(status) => {
+                    tracing::debug!(job_id, error = %status.message(), "progress report failed")
+                }
             }
             tokio::time::sleep(PROGRESS_INTERVAL).await;
         }
     }
 
     fn stop_job(&self, job_id: &str, reason: StopReason) {
-        if let Some(job) = self.shared.running.lock().expect("running lock").get(job_id) {
+        if let Some(job) = self
+            .shared
+            .running
+            .lock()
+            .expect("running lock")
+            .get(job_id)
+        {
             job.stop.send_if_modified(|current| {
                 let first = current.is_none();
                 if first {
@@ -377,26 +477,49 @@ impl Worker {
     /// Reports a job's outcome, retrying while the master is unreachable.
     /// A stale lease ends the attempt: the job is someone else's now.
     async fn report(&self, job_id: &str, token: u64, outcome: RunOutcome) {
-        let lease = Some(v1::LeaseRef { job_id: job_id.to_owned(), token });
+        let lease = Some(v1::LeaseRef {
+            job_id: job_id.to_owned(),
+            token,
+        });
         let mut backoff = Backoff::default();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
             let mut client = self.shared.client.clone();
             let sent = match &outcome {
                 RunOutcome::Succeeded(bandwidth) => {
-                    let request = v1::CompleteJobRequest { lease: lease.clone(), bandwidth: Some(bandwidth.clone().into()) };
-                    client.complete_job(with_timeout(request, RPC_TIMEOUT)).await.map(|_| ())
+                    let request = v1::CompleteJobRequest {
+                        lease: lease.clone(),
+                        bandwidth: Some(bandwidth.clone().into()),
+                    };
+                    client
+                        .complete_job(with_timeout(request, RPC_TIMEOUT))
+                        .await
+                        .map(|_| ())
                 }
                 RunOutcome::Failed(failure) => {
-                    let request = v1::FailJobRequest { lease: lease.clone(), failure: Some(failure.clone().into()), bandwidth: None };
-                    client.fail_job(with_timeout(request, RPC_TIMEOUT)).await.map(|_| ())
+                    let request = v1::FailJobRequest {
+                        lease: lease.clone(),
+                        failure: Some(failure.clone().into()),
+                        bandwidth: None,
+                    };
+                    client
+                        .fail_job(with_timeout(request, RPC_TIMEOUT))
+                        .await
+                        .map(|_| ())
                 }
             };
             match sent {
                 Ok(()) => {
                     match &outcome {
-                        RunOutcome::Succeeded(b) => tracing::info!(job_id, output_bytes = b.output_bytes, speed = b.speed, "job succeeded"),
-                        RunOutcome::Failed(f) => tracing::info!(job_id, kind = f.kind.as_str(), reason = %f.reason, "job failed"),
+                        RunOutcome::Succeeded(b) => tracing::info!(
+                            job_id,
+                            output_bytes = b.output_bytes,
+                            speed = b.speed,
+                            "job succeeded"
+                        ),
+                        RunOutcome::Failed(f) => {
+                            tracing::info!(job_id, kind = f.kind.as_str(), reason = %f.reason, "job failed")
+                        }
                     }
                     return;
                 }
@@ -432,7 +555,10 @@ impl Worker {
             .lock()
             .expect("running lock")
             .iter()
-            .map(|(job_id, job)| v1::LeaseRef { job_id: job_id.clone(), token: job.token })
+            .map(|(job_id, job)| v1::LeaseRef {
+                job_id: job_id.clone(),
+                token: job.token,
+            })
             .collect();
         let request = v1::HeartbeatRequest {
             worker_id: self.identity().worker_id,
@@ -441,7 +567,12 @@ impl Worker {
             draining: s.shutdown.is_cancelled(),
             acquire_seq: s.pending_acquire.load(Ordering::SeqCst),
         };
-        match s.client.clone().heartbeat(with_timeout(request, RPC_TIMEOUT)).await {
+        match s
+            .client
+            .clone()
+            .heartbeat(with_timeout(request, RPC_TIMEOUT))
+            .await
+        {
             Ok(reply) => {
                 let reply = reply.into_inner();
                 for lease in reply.revoked {
@@ -467,7 +598,9 @@ struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff { next: Duration::from_millis(100) }
+        Backoff {
+            next: Duration::from_millis(100),
+        }
     }
 }
 

@@ -11,10 +11,10 @@ mod sqlite;
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
+use ffleet_core::Resources;
 use ffleet_core::report::{Bandwidth, Progress};
 use ffleet_core::spec::JobSpec;
 use ffleet_core::state::{Event, JobState, JobStatus, Outcome, RetryPolicy};
-use ffleet_core::Resources;
 
 use crate::error::{Error, Result};
 

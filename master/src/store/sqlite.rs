@@ -9,11 +9,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use ffleet_core::Resources;
 use ffleet_core::placement::{self, Candidate, Slot};
 use ffleet_core::report::Progress;
 use ffleet_core::spec::JobSpec;
 use ffleet_core::state::{self, Event, JobState, JobStatus, Lease, Outcome, RetryPolicy};
-use ffleet_core::Resources;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -88,7 +88,9 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord> {
         (Some(token), true) => Some(Lease {
             token: token as u64,
             worker_id: worker_id.clone().unwrap_or_default(),
-            expires_at_ms: row.try_get::<Option<i64>, _>("lease_expires_at_ms")?.unwrap_or(0),
+            expires_at_ms: row
+                .try_get::<Option<i64>, _>("lease_expires_at_ms")?
+                .unwrap_or(0),
         }),
         _ => None,
     };
@@ -295,7 +297,9 @@ impl Store for SqliteStore {
                     at_ms: row.try_get("at_ms")?,
                     reason: row.try_get("reason")?,
                     worker_id: row.try_get("worker_id")?,
-                    lease_token: row.try_get::<Option<i64>, _>("lease_token")?.map(|t| t as u64),
+                    lease_token: row
+                        .try_get::<Option<i64>, _>("lease_token")?
+                        .map(|t| t as u64),
                 })
             })
             .collect()
@@ -474,12 +478,18 @@ impl Store for SqliteStore {
     }
 
     async fn lease_history(&self, job_id: &str) -> Result<Vec<(u64, String)>> {
-        let rows = sqlx::query("SELECT token, worker_id FROM leases WHERE job_id = ? ORDER BY token")
-            .bind(job_id)
-            .fetch_all(&self.reader)
-            .await?;
+        let rows =
+            sqlx::query("SELECT token, worker_id FROM leases WHERE job_id = ? ORDER BY token")
+                .bind(job_id)
+                .fetch_all(&self.reader)
+                .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get::<i64, _>("token")? as u64, r.try_get("worker_id")?)))
+            .map(|r| {
+                Ok((
+                    r.try_get::<i64, _>("token")? as u64,
+                    r.try_get("worker_id")?,
+                ))
+            })
             .collect()
     }
 
@@ -526,7 +536,11 @@ impl Store for SqliteStore {
         let before = WorkerState::parse(&before)
             .ok_or_else(|| Error::Corrupt(format!("worker state {before:?}")))?;
         if before != WorkerState::Lost {
-            let state = if draining { WorkerState::Draining } else { before };
+            let state = if draining {
+                WorkerState::Draining
+            } else {
+                before
+            };
             sqlx::query("UPDATE workers SET last_heartbeat_ms = ?, state = ? WHERE id = ?")
                 .bind(now_ms)
                 .bind(state.as_str())
