@@ -45,15 +45,15 @@ echo "== starting ffleet-worker"
 pids+=($!)
 
 echo "== submitting sample.mp4 -> out/sample-480p.mp4 (h264-480p)"
-start=$(date +%s.%N)
+start=$(date +%s%3N)
 "$bin/ffleet" submit sample.mp4 -o sample-480p.mp4 --preset h264-480p --wait
 job=$("$bin/ffleet" list --state succeeded -o json | sed -n 's/^ *"id": "\(.*\)",$/\1/p' | head -n1)
-end=$(date +%s.%N)
+end=$(date +%s%3N)
 
 echo "== job $job"
 "$bin/ffleet" get "$job"
 echo
 echo "output: $demo/out/sample-480p.mp4 ($(ffprobe -v error -select_streams v:0 \
   -show_entries stream=codec_name,width,height -of csv=p=0 "$demo/out/sample-480p.mp4"))"
-printf 'submit to done: %.2f s\n' "$(echo "$end - $start" | bc -l 2>/dev/null || echo 0)"
+echo "submit to done: $((end - start)) ms"
 "$bin/ffleet" workers
