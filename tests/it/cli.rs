@@ -117,3 +117,39 @@ async fn errors_are_one_line_and_exit_non_zero() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn migrate_status_shows_pending_then_applied() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let database = format!("sqlite://{}", dir.path().join("m.db").display());
+    let migrate = |action: &'static str| {
+        let database = database.clone();
+        async move {
+            tokio::process::Command::new(bin("ffleet-master"))
+                .args(["migrate", action, "--database", &database])
+                .output()
+                .await
+        }
+    };
+    let before = migrate("status").await?;
+    assert!(
+        before.status.success(),
+        "{}",
+        String::from_utf8_lossy(&before.stderr)
+    );
+    let text = String::from_utf8(before.stdout)?;
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with('1') && l.contains("pending") && l.contains("init")),
+        "{text}"
+    );
+    assert!(migrate("up").await?.status.success());
+    let after = String::from_utf8(migrate("status").await?.stdout)?;
+    assert!(
+        after
+            .lines()
+            .any(|l| l.starts_with('1') && l.contains("applied")),
+        "{after}"
+    );
+    Ok(())
+}

@@ -15,6 +15,17 @@ fn running(job: &v1::Job) -> bool {
     state_of(job) == JobState::Running
 }
 
+/// The lease that ended a final job, from its history (a final job holds
+/// no lease).
+fn ending_token(job: &v1::Job) -> u64 {
+    let last = job.history.last().expect("a job has history");
+    assert!(
+        last.lease_token != 0,
+        "the final transition names its lease: {last:?}"
+    );
+    last.lease_token
+}
+
 /// The temp file name a job's FFmpeg writes to (see the worker's executor).
 fn temp_name(output: &str, token: u64) -> String {
     format!(".{output}.ffleet-{token}.tmp")
@@ -77,9 +88,9 @@ async fn a_job_past_its_timeout_ends_timed_out() -> anyhow::Result<()> {
     let done = wait_final(&mut client, &job.id, Duration::from_secs(30)).await?;
     assert_eq!(state_of(&done), JobState::TimedOut, "{done:?}");
     assert_eq!(done.attempt, 1, "a timeout is not retried");
-    assert!(done.failure.unwrap().reason.contains("timeout"));
+    assert!(done.failure.as_ref().unwrap().reason.contains("timeout"));
     assert!(!cluster.master.output_root.join("slow.mp4").exists());
-    assert!(processes_mentioning(&temp_name("slow.mp4", done.lease_token)).is_empty());
+    assert!(processes_mentioning(&temp_name("slow.mp4", ending_token(&done))).is_empty());
     Ok(())
 }
 
@@ -119,7 +130,7 @@ async fn a_killed_worker_loses_its_lease_and_its_late_report_is_refused() -> any
         cluster.logs()
     );
     assert_eq!(done.attempt, 2);
-    assert_ne!(done.lease_token, old_token);
+    assert_ne!(ending_token(&done), old_token);
     let requeue = done.history.iter().find(|t| {
         job_state_from_wire(t.to) == Some(JobState::Queued) && t.reason.contains("lease expired")
     });
@@ -290,5 +301,103 @@ async fn a_draining_worker_finishes_its_job_and_exits_cleanly() -> anyhow::Resul
         matches!(state_of(&later), JobState::Queued | JobState::Succeeded),
         "{later:?}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_lost_worker_that_returns_kills_its_stale_run_and_registers_again() -> anyhow::Result<()>
+{
+    let mut cluster = Cluster::start(MasterConfig {
+        lease_ttl: "2s",
+        ..MasterConfig::default()
+    })
+    .await?;
+    cluster.spawn_worker("partitioned", &[]).await?;
+    let mut client = cluster.client().await?;
+    let job = submit(
+        &mut client,
+        spec(&clip(20, "320x240"), "returned.mp4", "h264-480p"),
+    )
+    .await?;
+    let live = watch_until(&mut client, &job.id, Duration::from_secs(30), running).await?;
+    let old_temp = temp_name("returned.mp4", live.lease_token);
+
+    // Freeze the worker (a real stall: it sends nothing, reads nothing, so
+    // its FFmpeg soon blocks on the full progress pipe).
+    let pid = Pid::from_raw(cluster.workers[0].child.id().expect("worker runs") as i32);
+    kill(pid, Signal::SIGSTOP)?;
+    cluster.spawn_worker("rescuer", &[]).await?;
+    let moved = watch_until(&mut client, &job.id, Duration::from_secs(30), |j| {
+        j.lease_token != live.lease_token && j.lease_token != 0
+    })
+    .await?;
+    assert_eq!(moved.attempt, 2);
+
+    kill(pid, Signal::SIGCONT)?;
+    // Its next heartbeat or progress report is refused: it kills the stale run
+    // and registers again.
+    eventually(Duration::from_secs(15), || async {
+        Ok(processes_mentioning(&old_temp).is_empty())
+    })
+    .await?;
+    eventually(Duration::from_secs(15), || {
+        let mut client = client.clone();
+        async move {
+            let workers = client
+                .list_workers(v1::ListWorkersRequest {})
+                .await?
+                .into_inner();
+            Ok(workers
+                .workers
+                .iter()
+                .any(|w| w.name == "partitioned" && w.state == "ready"))
+        }
+    })
+    .await?;
+    let done = wait_final(&mut client, &job.id, Duration::from_secs(60)).await?;
+    assert_eq!(
+        state_of(&done),
+        JobState::Succeeded,
+        "{done:?}\n{}",
+        cluster.logs()
+    );
+    assert_eq!(
+        ending_token(&done),
+        moved.lease_token,
+        "the rescuer's lease finished it"
+    );
+    assert!(!cluster.master.output_root.join(&old_temp).exists());
+    Ok(())
+}
+
+#[tokio::test]
+async fn playlist_inputs_are_refused_before_encoding() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(MasterConfig::default()).await?;
+    cluster.spawn_worker("w1", &[]).await?;
+    let mut client = cluster.client().await?;
+    // An HLS playlist whose segment is a real local file: FFmpeg would follow
+    // it, so the probe must refuse it.
+    let dir = cluster.dir().join("hls");
+    std::fs::create_dir_all(&dir)?;
+    let segment = dir.join("seg0.ts");
+    let made = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-y", "-i"])
+        .arg(clip(1, "160x120"))
+        .args(["-c", "copy", "-f", "mpegts"])
+        .arg(&segment)
+        .status()?;
+    assert!(made.success());
+    let playlist = dir.join("list.m3u8");
+    std::fs::write(
+        &playlist,
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXTINF:1.0,\nseg0.ts\n#EXT-X-ENDLIST\n",
+    )?;
+    let job = submit(&mut client, spec(&playlist, "hls.mp4", "h264-480p")).await?;
+    let done = wait_final(&mut client, &job.id, Duration::from_secs(30)).await?;
+    assert_eq!((state_of(&done), done.attempt), (JobState::Failed, 1));
+    let failure = done.failure.unwrap();
+    assert_eq!(failure.kind, v1::FailureKind::Input as i32);
+    assert!(failure.reason.contains("hls"), "{}", failure.reason);
+    assert!(!cluster.master.output_root.join("hls.mp4").exists());
     Ok(())
 }
