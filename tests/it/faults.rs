@@ -5,9 +5,10 @@ use std::time::{Duration, Instant};
 
 use ffleet_core::JobState;
 use ffleet_proto::convert::job_state_from_wire;
-use ffleet_proto::v1;
+use ffleet_proto::v1::{self, job_service_client::JobServiceClient};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use tonic::transport::Channel;
 
 use crate::helpers::*;
 
@@ -26,6 +27,24 @@ fn ending_token(job: &v1::Job) -> u64 {
     last.lease_token
 }
 
+/// A cluster with a 2 s lease TTL and one worker, running a 20 s transcode
+/// to `output`: the job as submitted and as seen running.
+async fn running_on(
+    worker: &str,
+    output: &str,
+) -> anyhow::Result<(Cluster, JobServiceClient<Channel>, v1::Job, v1::Job)> {
+    let mut cluster = Cluster::start(MasterConfig {
+        lease_ttl: "2s",
+        ..MasterConfig::default()
+    })
+    .await?;
+    cluster.spawn_worker(worker, &[]).await?;
+    let mut client = cluster.client().await?;
+    let job = submit(&mut client, spec(&clip(20, "320x240"), output, "h264-480p")).await?;
+    let live = watch_until(&mut client, &job.id, Duration::from_secs(30), running).await?;
+    Ok((cluster, client, job, live))
+}
+
 /// The temp file name a job's FFmpeg writes to (see the worker's executor).
 fn temp_name(output: &str, token: u64) -> String {
     format!(".{output}.ffleet-{token}.tmp")
@@ -33,9 +52,7 @@ fn temp_name(output: &str, token: u64) -> String {
 
 #[tokio::test]
 async fn cancelling_a_running_job_stops_ffmpeg_and_leaves_no_output() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(MasterConfig::default()).await?;
-    cluster.spawn_worker("w1", &[]).await?;
-    let mut client = cluster.client().await?;
+    let (cluster, mut client) = Cluster::with_worker().await?;
     // A minute of video upscaled to 1080p: long enough to still be running.
     let job = submit(
         &mut client,
@@ -79,9 +96,7 @@ async fn cancelling_a_running_job_stops_ffmpeg_and_leaves_no_output() -> anyhow:
 
 #[tokio::test]
 async fn a_job_past_its_timeout_ends_timed_out() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(MasterConfig::default()).await?;
-    cluster.spawn_worker("w1", &[]).await?;
-    let mut client = cluster.client().await?;
+    let (cluster, mut client) = Cluster::with_worker().await?;
     let mut s = spec(&clip(60, "320x240"), "slow.mp4", "h264-1080p");
     s.timeout_ms = 1_000;
     let job = submit(&mut client, s).await?;
@@ -96,19 +111,7 @@ async fn a_job_past_its_timeout_ends_timed_out() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_killed_worker_loses_its_lease_and_its_late_report_is_refused() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(MasterConfig {
-        lease_ttl: "2s",
-        ..MasterConfig::default()
-    })
-    .await?;
-    cluster.spawn_worker("doomed", &[]).await?;
-    let mut client = cluster.client().await?;
-    let job = submit(
-        &mut client,
-        spec(&clip(20, "320x240"), "survivor.mp4", "h264-480p"),
-    )
-    .await?;
-    let live = watch_until(&mut client, &job.id, Duration::from_secs(30), running).await?;
+    let (mut cluster, mut client, job, live) = running_on("doomed", "survivor.mp4").await?;
     let old_token = live.lease_token;
 
     // The node dies: the worker and its FFmpeg, all at once. (Without
@@ -222,9 +225,7 @@ async fn a_restarted_master_loses_no_job() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn unreadable_input_fails_at_once_and_is_not_retried() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(MasterConfig::default()).await?;
-    cluster.spawn_worker("w1", &[]).await?;
-    let mut client = cluster.client().await?;
+    let (cluster, mut client) = Cluster::with_worker().await?;
     let junk = cluster.dir().join("not-video.mp4");
     std::fs::write(&junk, b"this is not a video file")?;
     let job = submit(&mut client, spec(&junk, "junk.mp4", "h264-480p")).await?;
@@ -260,9 +261,7 @@ async fn unreadable_input_fails_at_once_and_is_not_retried() -> anyhow::Result<(
 
 #[tokio::test]
 async fn a_draining_worker_finishes_its_job_and_exits_cleanly() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(MasterConfig::default()).await?;
-    cluster.spawn_worker("w1", &[]).await?;
-    let mut client = cluster.client().await?;
+    let (mut cluster, mut client) = Cluster::with_worker().await?;
     let job = submit(
         &mut client,
         spec(&clip(10, "320x240"), "drain.mp4", "h264-480p"),
@@ -307,19 +306,7 @@ async fn a_draining_worker_finishes_its_job_and_exits_cleanly() -> anyhow::Resul
 #[tokio::test]
 async fn a_lost_worker_that_returns_kills_its_stale_run_and_registers_again() -> anyhow::Result<()>
 {
-    let mut cluster = Cluster::start(MasterConfig {
-        lease_ttl: "2s",
-        ..MasterConfig::default()
-    })
-    .await?;
-    cluster.spawn_worker("partitioned", &[]).await?;
-    let mut client = cluster.client().await?;
-    let job = submit(
-        &mut client,
-        spec(&clip(20, "320x240"), "returned.mp4", "h264-480p"),
-    )
-    .await?;
-    let live = watch_until(&mut client, &job.id, Duration::from_secs(30), running).await?;
+    let (mut cluster, mut client, job, live) = running_on("partitioned", "returned.mp4").await?;
     let old_temp = temp_name("returned.mp4", live.lease_token);
 
     // Freeze the worker (a real stall: it sends nothing, reads nothing, so
@@ -340,20 +327,7 @@ async fn a_lost_worker_that_returns_kills_its_stale_run_and_registers_again() ->
         Ok(processes_mentioning(&old_temp).is_empty())
     })
     .await?;
-    eventually(Duration::from_secs(15), || {
-        let mut client = client.clone();
-        async move {
-            let workers = client
-                .list_workers(v1::ListWorkersRequest {})
-                .await?
-                .into_inner();
-            Ok(workers
-                .workers
-                .iter()
-                .any(|w| w.name == "partitioned" && w.state == "ready"))
-        }
-    })
-    .await?;
+    cluster.wait_worker_ready("partitioned").await?;
     let done = wait_final(&mut client, &job.id, Duration::from_secs(60)).await?;
     assert_eq!(
         state_of(&done),
@@ -372,9 +346,7 @@ async fn a_lost_worker_that_returns_kills_its_stale_run_and_registers_again() ->
 
 #[tokio::test]
 async fn playlist_inputs_are_refused_before_encoding() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(MasterConfig::default()).await?;
-    cluster.spawn_worker("w1", &[]).await?;
-    let mut client = cluster.client().await?;
+    let (cluster, mut client) = Cluster::with_worker().await?;
     // An HLS playlist whose segment is a real local file: FFmpeg would follow
     // it, so the probe must refuse it.
     let dir = cluster.dir().join("hls");

@@ -82,6 +82,14 @@ impl Cluster {
         })
     }
 
+    /// The common case: default master, one worker `w1`, a client.
+    pub async fn with_worker() -> anyhow::Result<(Cluster, JobServiceClient<Channel>)> {
+        let mut cluster = Cluster::start(MasterConfig::default()).await?;
+        cluster.spawn_worker("w1", &[]).await?;
+        let client = cluster.client().await?;
+        Ok((cluster, client))
+    }
+
     pub fn dir(&self) -> &Path {
         self.tmp.path()
     }
@@ -115,7 +123,13 @@ impl Cluster {
             .spawn()
             .context("spawning ffleet-worker")?;
         self.workers.push(Worker { child, work_dir });
-        let mut client = self.client().await?;
+        self.wait_worker_ready(name).await?;
+        Ok(self.workers.len() - 1)
+    }
+
+    /// Waits until the master lists worker `name` as ready.
+    pub async fn wait_worker_ready(&self, name: &str) -> anyhow::Result<()> {
+        let client = self.client().await?;
         eventually(Duration::from_secs(15), || {
             let mut client = client.clone();
             async move {
@@ -130,9 +144,7 @@ impl Cluster {
             }
         })
         .await
-        .with_context(|| format!("worker {name} never registered"))?;
-        let _ = &mut client;
-        Ok(self.workers.len() - 1)
+        .with_context(|| format!("worker {name} is not ready"))
     }
 
     pub async fn client(&self) -> anyhow::Result<JobServiceClient<Channel>> {

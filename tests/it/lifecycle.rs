@@ -11,9 +11,7 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn a_clip_is_transcoded_to_h264_480p_with_history_and_bandwidth() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(MasterConfig::default()).await?;
-    cluster.spawn_worker("w1", &[]).await?;
-    let mut client = cluster.client().await?;
+    let (cluster, mut client) = Cluster::with_worker().await?;
     let input = clip(5, "320x240");
 
     let job = submit(&mut client, spec(&input, "e2e/out.mp4", "h264-480p")).await?;

@@ -336,34 +336,12 @@ impl Worker {
                     _ => "lease without a spec".into(),
                 };
                 tracing::error!(job_id, reason, "unusable lease");
-                let failure = Failure {
-                    kind: FailureKind::Infrastructure,
-                    reason,
-                    stderr_tail: vec![],
-                };
-                let worker = self.clone();
-                tracker.spawn(async move {
-                    worker
-                        .report(&job_id, token, RunOutcome::Failed(failure))
-                        .await
-                });
-                return;
+                return self.hand_back(tracker, job_id, token, reason);
             }
         };
         if let Err(e) = s.ledger.reserve(&job_id, spec.resources) {
             tracing::error!(job_id, error = %e, "leased job does not fit; handing it back");
-            let failure = Failure {
-                kind: FailureKind::Infrastructure,
-                reason: e.to_string(),
-                stderr_tail: vec![],
-            };
-            let worker = self.clone();
-            tracker.spawn(async move {
-                worker
-                    .report(&job_id, token, RunOutcome::Failed(failure))
-                    .await
-            });
-            return;
+            return self.hand_back(tracker, job_id, token, e.to_string());
         }
         let (stop_tx, stop_rx) = watch::channel(None);
         s.running.lock().expect("running lock").insert(
@@ -410,6 +388,22 @@ impl Worker {
                 .remove(&job_id);
             worker.shared.ledger.release(&job_id);
             worker.report(&job_id, token, outcome).await;
+        });
+    }
+
+    /// Returns a lease the worker cannot run: an infrastructure failure, so
+    /// the master requeues the job.
+    fn hand_back(&self, tracker: &TaskTracker, job_id: String, token: u64, reason: String) {
+        let failure = Failure {
+            kind: FailureKind::Infrastructure,
+            reason,
+            stderr_tail: vec![],
+        };
+        let worker = self.clone();
+        tracker.spawn(async move {
+            worker
+                .report(&job_id, token, RunOutcome::Failed(failure))
+                .await
         });
     }
 
