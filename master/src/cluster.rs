@@ -17,8 +17,12 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::grpc::{job_to_wire, status};
 use crate::store::{
-    Attachments, JobRecord, LeaseRef, LeaseRequest, Store, Submitted, WorkerRecord, WorkerState,
+    Attachments, Change, JobRecord, LeaseRef, LeaseRequest, Store, Submitted, WorkerRecord,
+    WorkerState,
 };
+
+/// Sent on `job_changes` when any job may have changed.
+const EVERY_JOB: &str = "*";
 
 /// The longest an AcquireJobs call is held open.
 const MAX_ACQUIRE_WAIT: Duration = Duration::from_secs(60);
@@ -172,7 +176,7 @@ impl Cluster {
                     changed = changes.recv() => changed,
                 };
                 match changed {
-                    Ok(changed) if changed != id => continue,
+                    Ok(changed) if changed != id && changed != EVERY_JOB => continue,
                     // Lagged: we may have missed ours; read it again.
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => return,
@@ -415,6 +419,32 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// Feeds what other masters sharing the database changed into this
+    /// master's wakeups, until shutdown.
+    pub async fn follow_other_masters(self) {
+        let (sink, mut changes) = tokio::sync::mpsc::unbounded_channel();
+        let store = self.inner.store.clone();
+        let shutdown = self.inner.shutdown.clone();
+        let listening = tokio::spawn(async move { store.listen(sink, shutdown).await });
+        while let Some(change) = changes.recv().await {
+            match change {
+                Change::WorkAvailable => self.inner.work_available.notify_waiters(),
+                Change::Job(id) => {
+                    let _ = self.inner.job_changes.send(id);
+                }
+                Change::Everything => {
+                    self.inner.work_available.notify_waiters();
+                    let _ = self.inner.job_changes.send(EVERY_JOB.to_owned());
+                }
+            }
+        }
+        match listening.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot follow other masters' changes"),
+            Err(e) => tracing::error!(error = %e, "change listener panicked"),
+            Ok(Ok(())) => {}
+        }
     }
 
     /// Runs [`Cluster::reap`] every quarter TTL until shutdown.

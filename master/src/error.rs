@@ -26,8 +26,18 @@ pub enum Error {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("corrupt record: {0}")]
     Corrupt(String),
-    #[error("unsupported database URL {0:?}: use sqlite://PATH")]
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://USER@HOST:PORT/DB")]
     UnsupportedDatabase(String),
+    #[error(
+        "the database schema is at version {database}, newer than this ffleet-master knows \
+         (up to {known}); run a newer ffleet-master"
+    )]
+    SchemaTooNew { database: i64, known: i64 },
+    #[error(
+        "the database lacks migrations {pending:?} and --no-migrate was given; \
+         run `ffleet-master migrate up`"
+    )]
+    SchemaBehind { pending: Vec<i64> },
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -28,6 +28,8 @@ pub fn status(err: Error) -> Status {
         | Error::Migrate(_)
         | Error::Corrupt(_)
         | Error::UnsupportedDatabase(_)
+        | Error::SchemaTooNew { .. }
+        | Error::SchemaBehind { .. }
         | Error::Io(_) => {
             tracing::error!(error = %message, "internal error");
             Status::internal(message)
@@ -82,6 +84,7 @@ pub fn job_to_wire(job: JobRecord, history: Vec<TransitionRecord>) -> v1::Job {
             .collect(),
         idempotency_key: job.idempotency_key.unwrap_or_default(),
         not_before_ms: job.status.not_before_ms,
+        finished_at_ms: job.finished_at_ms.unwrap_or(0),
     }
 }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ffleet_master::MasterOptions;
+use ffleet_master::store::DbOptions;
 use ffleet_telemetry::LogFormat;
 
 /// The ffleet master: stores jobs, leases them to workers, serves gRPC.
@@ -14,7 +15,8 @@ struct Args {
     /// Address the gRPC server listens on.
     #[arg(long, env = "FFLEET_LISTEN", default_value = "127.0.0.1:7700")]
     listen: SocketAddr,
-    /// Database URL: sqlite://PATH (created if missing).
+    /// Database URL: sqlite://PATH (created if missing) or
+    /// postgres://USER[:PASSWORD]@HOST:PORT/DB.
     #[arg(
         long,
         global = true,
@@ -22,6 +24,18 @@ struct Args {
         default_value = "sqlite://ffleet.db"
     )]
     database: String,
+    /// Do not apply pending migrations at start; refuse to run behind them.
+    #[arg(long)]
+    no_migrate: bool,
+    /// Postgres: the connection pool's size. SQLite: reader connections.
+    #[arg(long, default_value_t = 10)]
+    db_max_connections: u32,
+    /// How long a query waits for a free connection before failing.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    db_acquire_timeout: Duration,
+    /// Idle connections are closed after this.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    db_idle_timeout: Duration,
     /// Outputs must land inside this directory.
     #[arg(long, default_value = ".")]
     output_root: PathBuf,
@@ -61,6 +75,12 @@ enum MigrateAction {
     Status,
     /// Apply pending migrations.
     Up,
+    /// Revert the latest migration, or every one above --to.
+    Down {
+        /// Keep migrations up to this version (0 reverts all).
+        #[arg(long)]
+        to: Option<i64>,
+    },
 }
 
 #[tokio::main]
@@ -68,33 +88,43 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ffleet_telemetry::init_logging(args.log_format);
     match args.command {
-        Some(Command::Migrate {
-            action: MigrateAction::Status,
-        }) => {
-            let rows = ffleet_master::migrate::status(&args.database).await?;
-            println!("{:<8} {:<10} description", "version", "state");
-            for m in rows {
-                let state = if m.applied { "applied" } else { "pending" };
-                println!("{:<8} {:<10} {}", m.version, state, m.description);
-            }
-            Ok(())
-        }
-        Some(Command::Migrate {
-            action: MigrateAction::Up,
-        }) => {
-            ffleet_master::migrate::up(&args.database).await?;
-            println!("migrations applied");
-            Ok(())
-        }
+        Some(Command::Migrate { action }) => migrate(&args.database, action).await,
         None => serve(args).await,
     }
+}
+
+async fn migrate(database: &str, action: MigrateAction) -> anyhow::Result<()> {
+    use ffleet_master::migrate;
+    match action {
+        MigrateAction::Status => {
+            println!("{:<8} {:<8} description", "version", "state");
+            for m in migrate::status(database).await? {
+                println!("{:<8} {:<8} {}", m.version, m.state.as_str(), m.description);
+            }
+        }
+        MigrateAction::Up => {
+            let applied = migrate::up(database).await?;
+            println!("applied: {applied:?}");
+        }
+        MigrateAction::Down { to } => {
+            let reverted = migrate::down(database, to).await?;
+            println!("reverted: {reverted:?}");
+        }
+    }
+    Ok(())
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
     let shutdown = ffleet_telemetry::shutdown_on_signals();
     let options = MasterOptions {
         listen: args.listen,
-        database: args.database.clone(),
+        database: DbOptions {
+            url: args.database.clone(),
+            max_connections: args.db_max_connections,
+            acquire_timeout: args.db_acquire_timeout,
+            idle_timeout: args.db_idle_timeout,
+        },
+        migrate: !args.no_migrate,
         output_root: args.output_root,
         input_roots: args.input_roots,
         lease_ttl: args.lease_ttl,

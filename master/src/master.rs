@@ -14,12 +14,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::error::Result;
-use crate::store;
+use crate::store::{self, DbOptions};
 
 #[derive(Debug, Clone)]
 pub struct MasterOptions {
     pub listen: SocketAddr,
-    pub database: String,
+    pub database: DbOptions,
+    /// Apply pending migrations at start (else refuse to run behind them).
+    pub migrate: bool,
     pub output_root: PathBuf,
     pub input_roots: Vec<PathBuf>,
     pub lease_ttl: Duration,
@@ -37,7 +39,7 @@ impl MasterOptions {
             .iter()
             .map(std::path::absolute)
             .collect::<std::io::Result<Vec<_>>>()?;
-        let store = store::open(&self.database).await?;
+        let store = store::open(&self.database, self.migrate).await?;
         let mut policy = SpecPolicy::new(output_root);
         policy.input_roots = input_roots;
         policy.default_max_attempts = self.max_attempts;
@@ -80,6 +82,7 @@ impl Master {
     pub async fn run(self) -> Result<()> {
         let addr = self.local_addr();
         let reaper = tokio::spawn(self.cluster.clone().run_reaper());
+        let listener = tokio::spawn(self.cluster.clone().follow_other_masters());
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
         tracing::info!(%addr, "master serving");
         let served = tonic::transport::Server::builder()
@@ -89,6 +92,7 @@ impl Master {
             .await;
         self.shutdown.cancel();
         let _ = reaper.await;
+        let _ = listener.await;
         served.map_err(|e| std::io::Error::other(e.to_string()))?;
         tracing::info!("master stopped");
         Ok(())

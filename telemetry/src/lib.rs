@@ -12,10 +12,11 @@ pub enum LogFormat {
     Json,
 }
 
-/// Logs go to stderr, filtered by `RUST_LOG` (default `info`), so stdout
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info,sqlx=warn`), so stdout
 /// stays free for what a program prints on purpose.
 pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

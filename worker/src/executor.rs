@@ -31,6 +31,9 @@ pub struct ExecConfig {
     /// Largest http/https input the worker downloads.
     pub max_download_bytes: u64,
     pub http: reqwest::Client,
+    /// Benchmarks only: report a start and succeed at once, without FFmpeg,
+    /// to measure the control plane alone.
+    pub noop: bool,
 }
 
 /// Why a job is being stopped from outside.
@@ -130,6 +133,10 @@ pub async fn execute(
     mut stop: watch::Receiver<Option<StopReason>>,
     progress: watch::Sender<Option<Progress>>,
 ) -> RunOutcome {
+    if config.noop {
+        let _ = progress.send(Some(Progress::default()));
+        return RunOutcome::Succeeded(Bandwidth::default());
+    }
     let timeout = Duration::from_millis(run.spec.timeout_ms);
     let deadline = Instant::now() + timeout;
     if let Err(e) = tokio::fs::create_dir_all(run.scratch).await {

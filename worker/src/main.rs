@@ -11,9 +11,16 @@ use ffleet_worker::WorkerOptions;
 #[derive(Parser, Debug)]
 #[command(name = "ffleet-worker", version, args_override_self = true)]
 struct Args {
-    /// The master's gRPC address, e.g. http://127.0.0.1:7700.
-    #[arg(long, env = "FFLEET_MASTER", default_value = "http://127.0.0.1:7700")]
-    master: String,
+    /// A master's gRPC address, e.g. http://127.0.0.1:7700. Repeat it (or
+    /// give a comma-separated list) for masters sharing one Postgres; the
+    /// worker fails over between them.
+    #[arg(
+        long = "master",
+        env = "FFLEET_MASTER",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7700"
+    )]
+    masters: Vec<String>,
     /// Scratch space for downloads and per-job files.
     #[arg(long, default_value = "ffleet-work")]
     work_dir: PathBuf,
@@ -52,6 +59,10 @@ struct Args {
     max_jobs: u32,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Benchmarks and control-plane tests only: complete every job at once
+    /// without running FFmpeg.
+    #[arg(long, hide = true)]
+    noop_executor: bool,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -71,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|_| "worker".into())
     });
     let options = WorkerOptions {
-        master: args.master.clone(),
+        masters: args.masters.clone(),
         name,
         work_dir: args.work_dir,
         cpu_millis: args.cpu,
@@ -85,11 +96,12 @@ async fn main() -> anyhow::Result<()> {
         max_download_bytes: args.max_download,
         download_timeout: args.download_timeout,
         max_jobs: args.max_jobs.max(1),
+        noop_executor: args.noop_executor,
     };
     let worker = options
         .build(shutdown)
         .await
-        .with_context(|| format!("starting worker for master {}", args.master))?;
+        .with_context(|| format!("starting worker for masters {}", args.masters.join(", ")))?;
     worker.run().await?;
     Ok(())
 }

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,7 +33,9 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
-    pub master: String,
+    /// Masters to talk to, in order of preference; the worker fails over to
+    /// the next when one stops answering.
+    pub masters: Vec<String>,
     pub name: String,
     pub work_dir: PathBuf,
     pub cpu_millis: Option<u32>,
@@ -47,6 +49,8 @@ pub struct WorkerOptions {
     pub max_download_bytes: u64,
     pub download_timeout: Duration,
     pub max_jobs: u32,
+    /// Benchmarks only: complete jobs without running FFmpeg.
+    pub noop_executor: bool,
 }
 
 impl WorkerOptions {
@@ -63,16 +67,17 @@ impl WorkerOptions {
             self.disk_bytes,
         )?;
         let ffmpeg_version = capacity::ffmpeg_version(&self.ffmpeg).await?;
-        let url = if self.master.contains("://") {
-            self.master.clone()
-        } else {
-            format!("http://{}", self.master)
-        };
-        let channel = Endpoint::from_shared(url.clone())
-            .map_err(|e| Error::MasterAddress(url.clone(), e.to_string()))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        if self.masters.is_empty() {
+            return Err(Error::MasterAddress(
+                String::new(),
+                "no master given".into(),
+            ));
+        }
+        let masters = self
+            .masters
+            .iter()
+            .map(|m| master_client(m))
+            .collect::<Result<Vec<_>>>()?;
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::limited(3))
             .connect_timeout(Duration::from_secs(10))
@@ -85,10 +90,12 @@ impl WorkerOptions {
             probe_timeout: Duration::from_secs(30),
             max_download_bytes: self.max_download_bytes,
             http,
+            noop: self.noop_executor,
         };
         Ok(Worker {
             shared: Arc::new(Shared {
-                client: WorkerServiceClient::new(channel),
+                masters,
+                current_master: AtomicUsize::new(0),
                 ledger: Ledger::new(capacity),
                 exec,
                 jobs_dir,
@@ -102,6 +109,20 @@ impl WorkerOptions {
             }),
         })
     }
+}
+
+fn master_client(address: &str) -> Result<WorkerServiceClient<Channel>> {
+    let url = if address.contains("://") {
+        address.to_owned()
+    } else {
+        format!("http://{address}")
+    };
+    let channel = Endpoint::from_shared(url.clone())
+        .map_err(|e| Error::MasterAddress(url.clone(), e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect_lazy();
+    Ok(WorkerServiceClient::new(channel))
 }
 
 /// Scratch directories of a previous life (a crash) are garbage now.
@@ -127,7 +148,9 @@ struct RunningJob {
 }
 
 struct Shared {
-    client: WorkerServiceClient<Channel>,
+    masters: Vec<WorkerServiceClient<Channel>>,
+    /// Index into `masters` of the one in use.
+    current_master: AtomicUsize,
     ledger: Ledger,
     exec: ExecConfig,
     jobs_dir: PathBuf,
@@ -169,6 +192,29 @@ fn transient(status: &tonic::Status) -> bool {
 impl Worker {
     pub fn capacity(&self) -> Resources {
         self.shared.ledger.capacity()
+    }
+
+    /// The master in use: its index (for [`Worker::failed`]) and a client.
+    fn master(&self) -> (usize, WorkerServiceClient<Channel>) {
+        let i = self.shared.current_master.load(Ordering::SeqCst) % self.shared.masters.len();
+        (i, self.shared.masters[i].clone())
+    }
+
+    /// Notes a call to master `index` that failed; a transient failure
+    /// moves the worker on to the next master (all masters share one
+    /// database, so any can serve it).
+    fn failed(&self, index: usize, status: &tonic::Status) {
+        let n = self.shared.masters.len();
+        if n > 1
+            && transient(status)
+            && self
+                .shared
+                .current_master
+                .compare_exchange(index, (index + 1) % n, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            tracing::warn!(from = index, to = (index + 1) % n, error = %status.message(), "failing over to the next master");
+        }
     }
 
     /// Runs until shutdown, then drains and returns.
@@ -229,12 +275,14 @@ impl Worker {
             labels: s.options.labels.clone().into_iter().collect(),
             ffmpeg_version: s.ffmpeg_version.clone(),
         };
-        let reply = s
-            .client
-            .clone()
-            .register(with_timeout(request, RPC_TIMEOUT))
-            .await?
-            .into_inner();
+        let (master, mut client) = self.master();
+        let reply = match client.register(with_timeout(request, RPC_TIMEOUT)).await {
+            Ok(reply) => reply.into_inner(),
+            Err(status) => {
+                self.failed(master, &status);
+                return Err(status.into());
+            }
+        };
         tracing::info!(worker_id = %reply.worker_id, capacity = %s.ledger.capacity(), "registered");
         *s.identity.lock().expect("identity lock") = Identity {
             worker_id: reply.worker_id,
@@ -278,7 +326,7 @@ impl Worker {
                 wait_ms: ACQUIRE_WAIT.as_millis() as u64,
                 acquire_seq: seq,
             };
-            let mut client = s.client.clone();
+            let (master, mut client) = self.master();
             let call = client.acquire_jobs(with_timeout(request, ACQUIRE_WAIT + RPC_TIMEOUT));
             tokio::pin!(call);
             // A pending call is never abandoned: its reply may carry leases.
@@ -315,6 +363,7 @@ impl Worker {
                 }
                 Err(status) => {
                     tracing::warn!(error = %status.message(), "acquire failed");
+                    self.failed(master, &status);
                     backoff.wait(&s.shutdown).await;
                 }
             }
@@ -426,10 +475,8 @@ impl Worker {
                 }),
                 progress: Some(sample.into()),
             };
-            match self
-                .shared
-                .client
-                .clone()
+            let (master, mut client) = self.master();
+            match client
                 .report_progress(with_timeout(request, RPC_TIMEOUT))
                 .await
             {
@@ -443,7 +490,8 @@ impl Worker {
                     self.stop_job(&job_id, StopReason::Revoked);
                 }
                 Err(status) => {
-                    tracing::debug!(job_id, error = %status.message(), "progress report failed")
+                    tracing::debug!(job_id, error = %status.message(), "progress report failed");
+                    self.failed(master, &status);
                 }
             }
             tokio::time::sleep(PROGRESS_INTERVAL).await;
@@ -478,7 +526,7 @@ impl Worker {
         let mut backoff = Backoff::default();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
-            let mut client = self.shared.client.clone();
+            let (master, mut client) = self.master();
             let sent = match &outcome {
                 RunOutcome::Succeeded(bandwidth) => {
                     let request = v1::CompleteJobRequest {
@@ -519,6 +567,7 @@ impl Worker {
                 }
                 Err(status) if transient(&status) && tokio::time::Instant::now() < deadline => {
                     tracing::warn!(job_id, error = %status.message(), "report failed; retrying");
+                    self.failed(master, &status);
                     backoff.wait(&CancellationToken::new()).await;
                 }
                 Err(status) => {
@@ -561,12 +610,8 @@ impl Worker {
             draining: s.shutdown.is_cancelled(),
             acquire_seq: s.pending_acquire.load(Ordering::SeqCst),
         };
-        match s
-            .client
-            .clone()
-            .heartbeat(with_timeout(request, RPC_TIMEOUT))
-            .await
-        {
+        let (master, mut client) = self.master();
+        match client.heartbeat(with_timeout(request, RPC_TIMEOUT)).await {
             Ok(reply) => {
                 let reply = reply.into_inner();
                 for lease in reply.revoked {
@@ -580,7 +625,10 @@ impl Worker {
                     tracing::warn!(error = %e, "registering again failed");
                 }
             }
-            Err(status) => tracing::warn!(error = %status.message(), "heartbeat failed"),
+            Err(status) => {
+                tracing::warn!(error = %status.message(), "heartbeat failed");
+                self.failed(master, &status);
+            }
         }
     }
 }

@@ -6,7 +6,9 @@
 //! persists the outcome in one transaction: fencing and transitions are
 //! decided in one place, whatever the backend.
 
-mod sqlite;
+pub mod dialect;
+mod listen;
+pub(crate) mod sql;
 
 use std::collections::BTreeMap;
 
@@ -18,7 +20,8 @@ use ffleet_core::state::{Event, JobState, JobStatus, Outcome, RetryPolicy};
 
 use crate::error::{Error, Result};
 
-pub use sqlite::{SqliteStore, migrator as sqlite_migrator};
+pub use dialect::{DbOptions, Dialect};
+pub use sql::SqlStore;
 
 /// A job as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +36,7 @@ pub struct JobRecord {
     pub bandwidth: Option<Bandwidth>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
 }
 
 /// One entry of a job's history.
@@ -94,6 +98,28 @@ pub enum Submitted {
     Created(JobRecord),
     /// The idempotency key was seen before: this is that job.
     Existing(JobRecord),
+}
+
+/// Something another process sharing the database changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A job may have become leasable.
+    WorkAvailable,
+    /// This job changed.
+    Job(String),
+    /// Notifications may have been lost: anything may have changed.
+    Everything,
+}
+
+/// Connection pool figures, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PoolStats {
+    pub size: u32,
+    pub idle: u32,
+    pub in_use: u32,
+    /// Acquisitions that had to wait for a connection.
+    pub acquire_waits: u64,
+    pub acquire_wait_seconds: f64,
 }
 
 /// A lease to check or renew: the job and the fencing token the worker holds.
@@ -197,15 +223,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// All workers, with the ids of the jobs each holds a lease on.
     async fn workers(&self) -> Result<Vec<(WorkerRecord, Vec<String>)>>;
+
+    /// Pushes changes made by other processes sharing the database to
+    /// `sink` until shutdown. Returns at once for a backend only one
+    /// process uses.
+    async fn listen(
+        &self,
+        sink: tokio::sync::mpsc::UnboundedSender<Change>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<()>;
+
+    fn pool_stats(&self) -> PoolStats;
 }
 
-/// Opens the store a database URL names, applying pending migrations.
-pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
-    if url.starts_with("sqlite:") {
-        Ok(std::sync::Arc::new(SqliteStore::open(url).await?))
-    } else {
-        Err(Error::UnsupportedDatabase(url.to_owned()))
-    }
+/// Opens the store `options.url` names. With `migrate`, pending migrations
+/// are applied; without, a database behind this build is refused. A
+/// database ahead of this build is always refused.
+pub async fn open(options: &DbOptions, migrate: bool) -> Result<std::sync::Arc<dyn Store>> {
+    let store = SqlStore::connect(options).await?;
+    crate::migrate::check_and_apply(store.pool(), store.dialect(), migrate).await?;
+    Ok(std::sync::Arc::new(store))
 }
 
 fn json<T: serde::Serialize>(value: &T) -> String {

@@ -1,0 +1,812 @@
+//! The store, written once for both backends over sqlx's `Any` driver.
+//! Dialect differences come from [`Dialect`]; nothing else here knows which
+//! database it talks to.
+//!
+//! SQLite: writes go through a pool of exactly one connection, so write
+//! transactions are serialized in the process and never hit SQLite's
+//! lock-upgrade deadlock; reads use their own pool (WAL).
+//! Postgres: one pool; row locks (`FOR UPDATE`, `SKIP LOCKED`) serialize
+//! what must be serialized across masters, and `NOTIFY` inside each
+//! transaction tells the other masters what changed when it commits.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use ffleet_core::Resources;
+use ffleet_core::placement::{self, Candidate, Slot};
+use ffleet_core::report::Progress;
+use ffleet_core::spec::JobSpec;
+use ffleet_core::state::{self, Event, JobState, JobStatus, Lease, Outcome, RetryPolicy};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyPool, Row, Transaction};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::dialect::{DbOptions, Dialect};
+use super::{
+    Attachments, Change, JobRecord, LeaseRef, LeaseRequest, PoolStats, Store, Submitted,
+    TransitionRecord, WorkerRecord, WorkerState, from_json, json,
+};
+use crate::error::{Error, Result};
+
+/// How many queued jobs one lease call considers.
+const SCAN_LIMIT: i64 = 256;
+/// NOTIFY channels (Postgres).
+pub const WORK_CHANNEL: &str = "ffleet_work";
+pub const JOB_CHANNEL: &str = "ffleet_job";
+
+const JOB_COLUMNS: &str = "id, idempotency_key, spec, state, attempt, max_attempts, worker_id, \
+    lease_token, lease_expires_at_ms, cancel_requested, not_before_ms, failure, progress, \
+    bandwidth, created_at_ms, updated_at_ms, finished_at_ms";
+
+pub struct SqlStore {
+    dialect: Dialect,
+    url: String,
+    writer: AnyPool,
+    reader: AnyPool,
+    acquire_waits: AtomicU64,
+    acquire_wait_micros: AtomicU64,
+}
+
+/// Opens pools for `options.url` with each connection set up for its
+/// dialect. Does not migrate.
+pub async fn connect_pools(options: &DbOptions) -> Result<(Dialect, AnyPool, AnyPool)> {
+    sqlx::any::install_default_drivers();
+    let dialect = Dialect::of(&options.url)?;
+    let url = dialect.connect_url(&options.url);
+    let pool = |max: u32| {
+        AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(options.acquire_timeout)
+            .idle_timeout(options.idle_timeout)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    for statement in dialect.session_setup() {
+                        sqlx::query(statement).execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            })
+    };
+    match dialect {
+        Dialect::Sqlite => {
+            let writer = pool(1).connect(&url).await?;
+            let reader = pool(options.max_connections.max(1)).connect(&url).await?;
+            Ok((dialect, writer, reader))
+        }
+        Dialect::Postgres => {
+            let shared = pool(options.max_connections.max(2)).connect(&url).await?;
+            Ok((dialect, shared.clone(), shared))
+        }
+    }
+}
+
+impl SqlStore {
+    pub async fn connect(options: &DbOptions) -> Result<Self> {
+        let (dialect, writer, reader) = connect_pools(options).await?;
+        Ok(SqlStore {
+            dialect,
+            url: options.url.clone(),
+            writer,
+            reader,
+            acquire_waits: AtomicU64::new(0),
+            acquire_wait_micros: AtomicU64::new(0),
+        })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.writer
+    }
+
+    fn record_wait(&self, started: Instant) {
+        let waited = started.elapsed();
+        if waited.as_micros() >= 100 {
+            self.acquire_waits.fetch_add(1, Ordering::Relaxed);
+        }
+        self.acquire_wait_micros
+            .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Any>> {
+        let started = Instant::now();
+        let tx = self.writer.begin().await?;
+        self.record_wait(started);
+        Ok(tx)
+    }
+
+    async fn read(&self) -> Result<PoolConnection<Any>> {
+        let started = Instant::now();
+        let conn = self.reader.acquire().await?;
+        self.record_wait(started);
+        Ok(conn)
+    }
+
+    async fn write(&self) -> Result<PoolConnection<Any>> {
+        let started = Instant::now();
+        let conn = self.writer.acquire().await?;
+        self.record_wait(started);
+        Ok(conn)
+    }
+
+    /// Tells other masters, at commit, that `channel` has news.
+    async fn notify(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        channel: &str,
+        payload: &str,
+    ) -> Result<()> {
+        if self.dialect.is_shared() {
+            sqlx::query("SELECT 1 FROM (SELECT pg_notify($1, $2)) AS sent")
+                .bind(channel)
+                .bind(payload)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn load_job(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        id: &str,
+    ) -> Result<Option<JobRecord>> {
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1{}",
+            self.dialect.for_update()
+        );
+        sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|row| job_from_row(&row))
+            .transpose()
+    }
+
+    async fn job_by_key(&self, key: &str) -> Result<Option<JobRecord>> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key = $1");
+        let mut conn = self.write().await?;
+        sqlx::query(&sql)
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|row| job_from_row(&row))
+            .transpose()
+    }
+
+    /// Writes a job's new status, and its transition if there was one.
+    async fn persist(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        job: &mut JobRecord,
+        outcome: &Outcome,
+        attachments: Attachments,
+        now_ms: i64,
+    ) -> Result<()> {
+        let status = &outcome.status;
+        // A transition out of a leased state drops the lease; its history
+        // entry still names the token that ended.
+        let token = status
+            .lease
+            .as_ref()
+            .or(job.status.lease.as_ref())
+            .map(|l| l.token as i64);
+        if let Some(lease) = &status.lease {
+            job.worker_id = Some(lease.worker_id.clone());
+        }
+        if status.state == JobState::Queued {
+            job.progress = None;
+        }
+        if let Some(p) = attachments.progress {
+            job.progress = Some(p);
+        }
+        if let Some(b) = attachments.bandwidth {
+            job.bandwidth = Some(b);
+        }
+        job.finished_at_ms = if status.state.is_final() {
+            job.finished_at_ms.or(Some(now_ms))
+        } else {
+            None
+        };
+        job.status = status.clone();
+        job.updated_at_ms = now_ms;
+        sqlx::query(
+            "UPDATE jobs SET state = $1, attempt = $2, worker_id = $3, lease_token = $4, \
+             lease_expires_at_ms = $5, cancel_requested = $6, not_before_ms = $7, failure = $8, \
+             progress = $9, bandwidth = $10, updated_at_ms = $11, finished_at_ms = $12 \
+             WHERE id = $13",
+        )
+        .bind(status.state.as_str())
+        .bind(status.attempt as i64)
+        .bind(job.worker_id.clone())
+        .bind(status.lease.as_ref().map(|l| l.token as i64))
+        .bind(status.lease.as_ref().map(|l| l.expires_at_ms))
+        .bind(status.cancel_requested as i64)
+        .bind(status.not_before_ms)
+        .bind(status.failure.as_ref().map(json))
+        .bind(job.progress.as_ref().map(json))
+        .bind(job.bandwidth.as_ref().map(json))
+        .bind(now_ms)
+        .bind(job.finished_at_ms)
+        .bind(job.id.clone())
+        .execute(&mut **tx)
+        .await?;
+        if let Some(t) = &outcome.transition {
+            insert_transition(
+                tx,
+                &job.id,
+                t.from,
+                t.to,
+                now_ms,
+                &t.reason,
+                job.worker_id.as_deref(),
+                token,
+            )
+            .await?;
+        }
+        self.notify(tx, JOB_CHANNEL, &job.id).await?;
+        if outcome.actions.contains(&state::Action::WakeAcquirers) {
+            self.notify(tx, WORK_CHANNEL, "").await?;
+        }
+        Ok(())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn insert_transition(
+    tx: &mut Transaction<'static, Any>,
+    job_id: &str,
+    from: JobState,
+    to: JobState,
+    at_ms: i64,
+    reason: &str,
+    worker_id: Option<&str>,
+    lease_token: Option<i64>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO job_transitions (job_id, from_state, to_state, at_ms, reason, worker_id, \
+         lease_token) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(job_id.to_owned())
+    .bind(from.as_str())
+    .bind(to.as_str())
+    .bind(at_ms)
+    .bind(reason.to_owned())
+    .bind(worker_id.map(str::to_owned))
+    .bind(lease_token)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn int(row: &AnyRow, column: &str) -> Result<i64> {
+    Ok(row.try_get::<i64, _>(column)?)
+}
+
+fn opt_int(row: &AnyRow, column: &str) -> Result<Option<i64>> {
+    Ok(row.try_get::<Option<i64>, _>(column)?)
+}
+
+fn job_from_row(row: &AnyRow) -> Result<JobRecord> {
+    let id: String = row.try_get("id")?;
+    let state_name: String = row.try_get("state")?;
+    let state = JobState::parse(&state_name)
+        .ok_or_else(|| Error::Corrupt(format!("job {id}: unknown state {state_name:?}")))?;
+    let worker_id: Option<String> = row.try_get("worker_id")?;
+    let lease = match (opt_int(row, "lease_token")?, state.is_leased()) {
+        (Some(token), true) => Some(Lease {
+            token: token as u64,
+            worker_id: worker_id.clone().unwrap_or_default(),
+            expires_at_ms: opt_int(row, "lease_expires_at_ms")?.unwrap_or(0),
+        }),
+        _ => None,
+    };
+    let failure: Option<String> = row.try_get("failure")?;
+    let progress: Option<String> = row.try_get("progress")?;
+    let bandwidth: Option<String> = row.try_get("bandwidth")?;
+    Ok(JobRecord {
+        spec: from_json("spec", &row.try_get::<String, _>("spec")?)?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        status: JobStatus {
+            state,
+            attempt: int(row, "attempt")? as u32,
+            max_attempts: int(row, "max_attempts")? as u32,
+            lease,
+            cancel_requested: int(row, "cancel_requested")? != 0,
+            not_before_ms: int(row, "not_before_ms")?,
+            failure: failure.map(|f| from_json("failure", &f)).transpose()?,
+        },
+        worker_id,
+        progress: progress.map(|p| from_json("progress", &p)).transpose()?,
+        bandwidth: bandwidth.map(|b| from_json("bandwidth", &b)).transpose()?,
+        created_at_ms: int(row, "created_at_ms")?,
+        updated_at_ms: int(row, "updated_at_ms")?,
+        finished_at_ms: opt_int(row, "finished_at_ms")?,
+        id,
+    })
+}
+
+fn worker_from_row(row: &AnyRow) -> Result<WorkerRecord> {
+    let state: String = row.try_get("state")?;
+    Ok(WorkerRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        capacity: Resources::new(
+            int(row, "cpu_millis")? as u32,
+            int(row, "memory_bytes")? as u64,
+            int(row, "disk_bytes")? as u64,
+        ),
+        labels: from_json("labels", &row.try_get::<String, _>("labels")?)?,
+        ffmpeg_version: row.try_get("ffmpeg_version")?,
+        state: WorkerState::parse(&state)
+            .ok_or_else(|| Error::Corrupt(format!("unknown worker state {state:?}")))?,
+        registered_at_ms: int(row, "registered_at_ms")?,
+        last_heartbeat_ms: int(row, "last_heartbeat_ms")?,
+    })
+}
+
+fn lease_ref_from_row(row: &AnyRow) -> Result<LeaseRef> {
+    Ok(LeaseRef {
+        job_id: row.try_get("id")?,
+        token: int(row, "lease_token")? as u64,
+    })
+}
+
+const WORKER_COLUMNS: &str = "id, name, cpu_millis, memory_bytes, disk_bytes, labels, \
+    ffmpeg_version, state, registered_at_ms, last_heartbeat_ms";
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn submit(
+        &self,
+        id: &str,
+        idempotency_key: Option<&str>,
+        spec: &JobSpec,
+        now_ms: i64,
+    ) -> Result<Submitted> {
+        let existing = |job: JobRecord, key: &str| {
+            if job.spec != *spec {
+                Err(Error::IdempotencyConflict(key.to_owned()))
+            } else {
+                Ok(Submitted::Existing(job))
+            }
+        };
+        if let Some(key) = idempotency_key
+            && let Some(job) = self.job_by_key(key).await?
+        {
+            return existing(job, key);
+        }
+        let mut tx = self.begin().await?;
+        let status = JobStatus::new_queued(spec.max_attempts, now_ms);
+        let inserted = sqlx::query(
+            "INSERT INTO jobs (id, idempotency_key, spec, state, priority, cpu_millis, \
+             memory_bytes, disk_bytes, attempt, max_attempts, cancel_requested, not_before_ms, \
+             created_at_ms, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, 0, $10, $11, $12)",
+        )
+        .bind(id.to_owned())
+        .bind(idempotency_key.map(str::to_owned))
+        .bind(json(spec))
+        .bind(status.state.as_str())
+        .bind(spec.priority as i64)
+        .bind(spec.resources.cpu_millis as i64)
+        .bind(spec.resources.memory_bytes as i64)
+        .bind(spec.resources.disk_bytes as i64)
+        .bind(spec.max_attempts as i64)
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await;
+        if let (Err(sqlx::Error::Database(e)), Some(key)) = (&inserted, idempotency_key)
+            && e.is_unique_violation()
+        {
+            // Another submission with this key won the race: it is ours.
+            drop(tx);
+            let job = self
+                .job_by_key(key)
+                .await?
+                .ok_or_else(|| Error::Corrupt(format!("key {key} vanished")))?;
+            return existing(job, key);
+        }
+        inserted?;
+        insert_transition(
+            &mut tx,
+            id,
+            JobState::Queued,
+            JobState::Queued,
+            now_ms,
+            "submitted",
+            None,
+            None,
+        )
+        .await?;
+        self.notify(&mut tx, JOB_CHANNEL, id).await?;
+        self.notify(&mut tx, WORK_CHANNEL, "").await?;
+        let job = self.load_job(&mut tx, id).await?.expect("inserted above");
+        tx.commit().await?;
+        Ok(Submitted::Created(job))
+    }
+
+    async fn job(&self, id: &str) -> Result<Option<JobRecord>> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
+        let mut conn = self.read().await?;
+        sqlx::query(&sql)
+            .bind(id.to_owned())
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|row| job_from_row(&row))
+            .transpose()
+    }
+
+    async fn history(&self, id: &str) -> Result<Vec<TransitionRecord>> {
+        let mut conn = self.read().await?;
+        let rows = sqlx::query(
+            "SELECT from_state, to_state, at_ms, reason, worker_id, lease_token \
+             FROM job_transitions WHERE job_id = $1 ORDER BY id",
+        )
+        .bind(id.to_owned())
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let state = |col: &str| -> Result<JobState> {
+                    let s: String = row.try_get(col)?;
+                    JobState::parse(&s).ok_or_else(|| Error::Corrupt(format!("state {s:?}")))
+                };
+                Ok(TransitionRecord {
+                    from: state("from_state")?,
+                    to: state("to_state")?,
+                    at_ms: int(row, "at_ms")?,
+                    reason: row.try_get("reason")?,
+                    worker_id: row.try_get("worker_id")?,
+                    lease_token: opt_int(row, "lease_token")?.map(|t| t as u64),
+                })
+            })
+            .collect()
+    }
+
+    async fn list_jobs(
+        &self,
+        state: Option<JobState>,
+        limit: u32,
+        before_id: Option<&str>,
+    ) -> Result<Vec<JobRecord>> {
+        // Two filters that may each be absent: four static queries would
+        // say the same; instead the absent ones bind a value that matches
+        // everything ('' sorts before any id; '*' is no state).
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE ($1 = '*' OR state = $1) \
+             AND ($2 = '' OR id < $2) ORDER BY id DESC LIMIT $3"
+        );
+        let mut conn = self.read().await?;
+        let rows = sqlx::query(&sql)
+            .bind(state.map_or("*", JobState::as_str))
+            .bind(before_id.unwrap_or("").to_owned())
+            .bind(limit as i64)
+            .fetch_all(&mut *conn)
+            .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn apply(
+        &self,
+        id: &str,
+        event: Event,
+        attachments: Attachments,
+        now_ms: i64,
+        retry: &RetryPolicy,
+    ) -> Result<(JobRecord, Outcome)> {
+        let mut tx = self.begin().await?;
+        let mut job = self
+            .load_job(&mut tx, id)
+            .await?
+            .ok_or_else(|| Error::JobNotFound(id.to_owned()))?;
+        let outcome = state::step(&job.status, event, now_ms, retry)?;
+        self.persist(&mut tx, &mut job, &outcome, attachments, now_ms)
+            .await?;
+        tx.commit().await?;
+        Ok((job, outcome))
+    }
+
+    async fn lease(&self, request: LeaseRequest<'_>, now_ms: i64) -> Result<Vec<JobRecord>> {
+        if request.max_jobs == 0 {
+            return Ok(vec![]);
+        }
+        let mut tx = self.begin().await?;
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'queued' AND not_before_ms <= $1 \
+             ORDER BY priority DESC, created_at_ms, id LIMIT $2{}",
+            self.dialect.for_update_skip_locked()
+        );
+        let rows = sqlx::query(&sql)
+            .bind(now_ms)
+            .bind(SCAN_LIMIT)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
+        let candidates: Vec<Candidate> = jobs
+            .iter()
+            .map(|j| Candidate {
+                priority: j.spec.priority,
+                created_at_ms: j.created_at_ms,
+                id: j.id.clone(),
+                request: j.spec.resources,
+            })
+            .collect();
+        let slots = [Slot {
+            free: request.free,
+            max_jobs: request.max_jobs,
+        }];
+        let assignments = placement::place(&candidates, &slots);
+        let mut leased = Vec::with_capacity(assignments.len());
+        for a in assignments {
+            let job = &mut jobs[a.job];
+            let token: i64 = sqlx::query_scalar(
+                "INSERT INTO leases (job_id, worker_id, attempt, granted_at_ms) \
+                 VALUES ($1, $2, $3, $4) RETURNING token",
+            )
+            .bind(job.id.clone())
+            .bind(request.worker_id.to_owned())
+            .bind(job.status.attempt as i64 + 1)
+            .bind(now_ms)
+            .fetch_one(&mut *tx)
+            .await?;
+            let event = Event::Lease {
+                token: token as u64,
+                worker_id: request.worker_id.to_owned(),
+                expires_at_ms: now_ms + request.ttl_ms,
+            };
+            let outcome = state::step(&job.status, event, now_ms, &RetryPolicy::default())?;
+            self.persist(&mut tx, job, &outcome, Attachments::default(), now_ms)
+                .await?;
+            leased.push(job.clone());
+        }
+        tx.commit().await?;
+        Ok(leased)
+    }
+
+    async fn record_progress(
+        &self,
+        lease: &LeaseRef,
+        progress: &Progress,
+        now_ms: i64,
+    ) -> Result<Option<bool>> {
+        // Fenced like a state event: only the current lease may write.
+        let mut tx = self.begin().await?;
+        let cancel: Option<i64> = sqlx::query_scalar(
+            "UPDATE jobs SET progress = $1, updated_at_ms = $2 \
+             WHERE id = $3 AND lease_token = $4 AND state IN ('leased', 'running') \
+             RETURNING cancel_requested",
+        )
+        .bind(json(progress))
+        .bind(now_ms)
+        .bind(lease.job_id.clone())
+        .bind(lease.token as i64)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if cancel.is_some() {
+            self.notify(&mut tx, JOB_CHANNEL, &lease.job_id).await?;
+        }
+        tx.commit().await?;
+        Ok(cancel.map(|c| c != 0))
+    }
+
+    async fn renew(
+        &self,
+        worker_id: &str,
+        leases: &[LeaseRef],
+        expires_at_ms: i64,
+    ) -> Result<Vec<LeaseRef>> {
+        let mut revoked = Vec::new();
+        if leases.is_empty() {
+            return Ok(revoked);
+        }
+        let sql = format!(
+            "UPDATE jobs SET lease_expires_at_ms = {}(lease_expires_at_ms, $1) \
+             WHERE id = $2 AND lease_token = $3 AND worker_id = $4 \
+             AND state IN ('leased', 'running') RETURNING cancel_requested",
+            self.dialect.greatest()
+        );
+        let mut tx = self.begin().await?;
+        for lease in leases {
+            let cancel: Option<i64> = sqlx::query_scalar(&sql)
+                .bind(expires_at_ms)
+                .bind(lease.job_id.clone())
+                .bind(lease.token as i64)
+                .bind(worker_id.to_owned())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if cancel != Some(0) {
+                revoked.push(lease.clone());
+            }
+        }
+        tx.commit().await?;
+        Ok(revoked)
+    }
+
+    async fn next_retry_at(&self, now_ms: i64) -> Result<Option<i64>> {
+        let mut conn = self.read().await?;
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(not_before_ms) FROM jobs WHERE state = 'queued' AND not_before_ms > $1",
+        )
+        .bind(now_ms)
+        .fetch_one(&mut *conn)
+        .await?)
+    }
+
+    async fn expired_leases(&self, now_ms: i64) -> Result<Vec<LeaseRef>> {
+        let mut conn = self.read().await?;
+        let rows = sqlx::query(
+            "SELECT id, lease_token FROM jobs WHERE lease_token IS NOT NULL \
+             AND lease_expires_at_ms < $1 AND state IN ('leased', 'running')",
+        )
+        .bind(now_ms)
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter().map(lease_ref_from_row).collect()
+    }
+
+    async fn lease_history(&self, job_id: &str) -> Result<Vec<(u64, String)>> {
+        let mut conn = self.read().await?;
+        let rows =
+            sqlx::query("SELECT token, worker_id FROM leases WHERE job_id = $1 ORDER BY token")
+                .bind(job_id.to_owned())
+                .fetch_all(&mut *conn)
+                .await?;
+        rows.iter()
+            .map(|r| Ok((int(r, "token")? as u64, r.try_get("worker_id")?)))
+            .collect()
+    }
+
+    async fn register_worker(&self, w: &WorkerRecord) -> Result<()> {
+        let mut conn = self.write().await?;
+        sqlx::query(
+            "INSERT INTO workers (id, name, cpu_millis, memory_bytes, disk_bytes, labels, \
+             ffmpeg_version, state, registered_at_ms, last_heartbeat_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'ready', $8, $9) \
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
+             cpu_millis = excluded.cpu_millis, memory_bytes = excluded.memory_bytes, \
+             disk_bytes = excluded.disk_bytes, labels = excluded.labels, \
+             ffmpeg_version = excluded.ffmpeg_version, state = 'ready', \
+             registered_at_ms = excluded.registered_at_ms, \
+             last_heartbeat_ms = excluded.last_heartbeat_ms",
+        )
+        .bind(w.id.clone())
+        .bind(w.name.clone())
+        .bind(w.capacity.cpu_millis as i64)
+        .bind(w.capacity.memory_bytes as i64)
+        .bind(w.capacity.disk_bytes as i64)
+        .bind(json(&w.labels))
+        .bind(w.ffmpeg_version.clone())
+        .bind(w.registered_at_ms)
+        .bind(w.last_heartbeat_ms)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn heartbeat_worker(
+        &self,
+        id: &str,
+        draining: bool,
+        now_ms: i64,
+    ) -> Result<Option<WorkerState>> {
+        let mut tx = self.begin().await?;
+        let sql = format!(
+            "SELECT state FROM workers WHERE id = $1{}",
+            self.dialect.for_update()
+        );
+        let before: Option<String> = sqlx::query_scalar(&sql)
+            .bind(id.to_owned())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(before) = before else {
+            return Ok(None);
+        };
+        let before = WorkerState::parse(&before)
+            .ok_or_else(|| Error::Corrupt(format!("worker state {before:?}")))?;
+        if before != WorkerState::Lost {
+            let state = if draining {
+                WorkerState::Draining
+            } else {
+                before
+            };
+            sqlx::query("UPDATE workers SET last_heartbeat_ms = $1, state = $2 WHERE id = $3")
+                .bind(now_ms)
+                .bind(state.as_str())
+                .bind(id.to_owned())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Some(before))
+    }
+
+    async fn mark_lost_workers(&self, cutoff_ms: i64) -> Result<Vec<String>> {
+        let mut conn = self.write().await?;
+        Ok(sqlx::query_scalar(
+            "UPDATE workers SET state = 'lost' WHERE state <> 'lost' AND last_heartbeat_ms < $1 \
+             RETURNING id",
+        )
+        .bind(cutoff_ms)
+        .fetch_all(&mut *conn)
+        .await?)
+    }
+
+    async fn worker(&self, id: &str) -> Result<Option<WorkerRecord>> {
+        let sql = format!("SELECT {WORKER_COLUMNS} FROM workers WHERE id = $1");
+        let mut conn = self.read().await?;
+        sqlx::query(&sql)
+            .bind(id.to_owned())
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|row| worker_from_row(&row))
+            .transpose()
+    }
+
+    async fn workers(&self) -> Result<Vec<(WorkerRecord, Vec<String>)>> {
+        let sql = format!("SELECT {WORKER_COLUMNS} FROM workers ORDER BY name, id");
+        let mut conn = self.read().await?;
+        let rows = sqlx::query(&sql).fetch_all(&mut *conn).await?;
+        let held = sqlx::query(
+            "SELECT worker_id, id FROM jobs WHERE state IN ('leased', 'running') ORDER BY id",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut by_worker: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for r in &held {
+            let worker: Option<String> = r.try_get("worker_id")?;
+            by_worker
+                .entry(worker.unwrap_or_default())
+                .or_default()
+                .push(r.try_get("id")?);
+        }
+        rows.iter()
+            .map(|row| {
+                let w = worker_from_row(row)?;
+                let jobs = by_worker.remove(&w.id).unwrap_or_default();
+                Ok((w, jobs))
+            })
+            .collect()
+    }
+
+    async fn listen(
+        &self,
+        sink: mpsc::UnboundedSender<Change>,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
+        if !self.dialect.is_shared() {
+            return Ok(());
+        }
+        super::listen::postgres(&self.url, sink, shutdown).await
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        let size = self.writer.size()
+            + if self.dialect.is_shared() {
+                0
+            } else {
+                self.reader.size()
+            };
+        let idle = self.writer.num_idle()
+            + if self.dialect.is_shared() {
+                0
+            } else {
+                self.reader.num_idle()
+            };
+        PoolStats {
+            size,
+            idle: idle as u32,
+            in_use: size.saturating_sub(idle as u32),
+            acquire_waits: self.acquire_waits.load(Ordering::Relaxed),
+            acquire_wait_seconds: self.acquire_wait_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
+}
