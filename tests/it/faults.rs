@@ -185,7 +185,6 @@ async fn a_killed_worker_loses_its_lease_and_its_late_report_is_refused() -> any
 
 #[tokio::test]
 async fn a_restarted_master_loses_no_job() -> anyhow::Result<()> {
-    let config = MasterConfig::default();
     let mut cluster = Cluster::start(MasterConfig::default()).await?;
     // One job at a time, so some are queued while one runs.
     cluster.spawn_worker("w1", &["--cpu", "1"]).await?;
@@ -204,7 +203,7 @@ async fn a_restarted_master_loses_no_job() -> anyhow::Result<()> {
     }
     watch_until(&mut client, &ids[0], Duration::from_secs(30), running).await?;
 
-    cluster.restart_master(&config).await?;
+    cluster.restart_master().await?;
     let mut client = cluster.client().await?;
     for id in &ids {
         let done = wait_final(&mut client, id, Duration::from_secs(90)).await?;

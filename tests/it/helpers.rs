@@ -33,6 +33,74 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Which database the masters of a test use. `FFLEET_IT_BACKEND=postgres`
+/// runs the suite on Postgres; SQLite otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn from_env() -> Backend {
+        match std::env::var("FFLEET_IT_BACKEND").as_deref() {
+            Ok("postgres") => Backend::Postgres,
+            _ => Backend::Sqlite,
+        }
+    }
+}
+
+/// The test Postgres server's admin URL: `FFLEET_TEST_POSTGRES` (set by
+/// scripts/test.sh), or a throwaway server this test run starts with
+/// scripts/pg.sh and that stops when the run ends.
+pub fn postgres_admin_url() -> String {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("FFLEET_TEST_POSTGRES") {
+            return url;
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg.sh");
+        let dir = std::env::temp_dir().join(format!("ffleet-pg-{}", std::process::id()));
+        let out = std::process::Command::new(script)
+            .arg("start")
+            .arg(&dir)
+            .arg(std::process::id().to_string())
+            .output()
+            .expect("run scripts/pg.sh");
+        assert!(
+            out.status.success(),
+            "starting Postgres: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8 URL")
+            .trim()
+            .to_owned()
+    })
+    .clone()
+}
+
+/// A database of its own for one test: a SQLite file in `dir`, or a new
+/// database on the test Postgres server.
+pub async fn fresh_database(backend: Backend, dir: &Path) -> anyhow::Result<String> {
+    match backend {
+        Backend::Sqlite => Ok(format!("sqlite://{}", dir.join("master.db").display())),
+        Backend::Postgres => {
+            use sqlx::Connection;
+            let admin = postgres_admin_url();
+            let name = format!("ffleet_{}", uuid::Uuid::now_v7().simple());
+            let mut conn = sqlx::PgConnection::connect(&admin).await?;
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await?;
+            let base = admin
+                .rsplit_once('/')
+                .map_or(admin.as_str(), |(base, _)| base);
+            Ok(format!("{base}/{name}"))
+        }
+    }
+}
+
 pub struct MasterConfig {
     pub lease_ttl: &'static str,
     pub retry_backoff: &'static str,
@@ -58,11 +126,14 @@ pub struct Master {
     pub output_root: PathBuf,
 }
 
-/// One test's world: its temp dir, its master, its workers.
+/// One test's world: its temp dir, its master (and any more sharing its
+/// database), its workers.
 pub struct Cluster {
     pub tmp: tempfile::TempDir,
     pub master: Master,
+    pub other_masters: Vec<Master>,
     pub workers: Vec<Worker>,
+    config: MasterConfig,
 }
 
 pub struct Worker {
@@ -71,15 +142,39 @@ pub struct Worker {
 }
 
 impl Cluster {
+    /// A master on the backend `FFLEET_IT_BACKEND` names.
     pub async fn start(config: MasterConfig) -> anyhow::Result<Cluster> {
+        Cluster::start_on(Backend::from_env(), config).await
+    }
+
+    pub async fn start_on(backend: Backend, config: MasterConfig) -> anyhow::Result<Cluster> {
         let tmp = tempfile::tempdir()?;
-        let dir = tmp.path().to_path_buf();
-        let master = spawn_master(&dir, &config, "127.0.0.1:0").await?;
+        let database = fresh_database(backend, tmp.path()).await?;
+        let master = spawn_master(tmp.path(), &config, "127.0.0.1:0", &database, "master").await?;
         Ok(Cluster {
             tmp,
             master,
+            other_masters: vec![],
             workers: vec![],
+            config,
         })
+    }
+
+    /// Another master on the same database (Postgres).
+    pub async fn spawn_another_master(&mut self) -> anyhow::Result<String> {
+        let name = format!("master{}", self.other_masters.len() + 2);
+        let database = self.master.database.clone();
+        let master = spawn_master(
+            self.tmp.path(),
+            &self.config,
+            "127.0.0.1:0",
+            &database,
+            &name,
+        )
+        .await?;
+        let url = master.url.clone();
+        self.other_masters.push(master);
+        Ok(url)
     }
 
     /// The common case: default master, one worker `w1`, a client.
@@ -96,19 +191,32 @@ impl Cluster {
 
     /// Kills the master (SIGKILL) and starts it again on the same address
     /// and database.
-    pub async fn restart_master(&mut self, config: &MasterConfig) -> anyhow::Result<()> {
+    pub async fn restart_master(&mut self) -> anyhow::Result<()> {
         self.master.child.kill().await?;
         let addr = self.master.addr.clone();
-        self.master = spawn_master(self.tmp.path(), config, &addr).await?;
+        let database = self.master.database.clone();
+        self.master =
+            spawn_master(self.tmp.path(), &self.config, &addr, &database, "master").await?;
         Ok(())
     }
 
-    /// Starts a worker and waits until the master lists it.
+    /// Starts a worker of the (first) master and waits until it is ready.
     pub async fn spawn_worker(&mut self, name: &str, extra: &[&str]) -> anyhow::Result<usize> {
+        let masters = [self.master.url.clone()];
+        self.spawn_worker_for(name, &masters, extra).await
+    }
+
+    /// Starts a worker that talks to `masters` (in order of preference).
+    pub async fn spawn_worker_for(
+        &mut self,
+        name: &str,
+        masters: &[String],
+        extra: &[&str],
+    ) -> anyhow::Result<usize> {
         let work_dir = self.dir().join(format!("work-{name}"));
         let log = std::fs::File::create(self.dir().join(format!("worker-{name}.log")))?;
         let child = Command::new(bin("ffleet-worker"))
-            .args(["--master", &self.master.url, "--name", name])
+            .args(["--master", &masters.join(","), "--name", name])
             .arg("--work-dir")
             .arg(&work_dir)
             .args([
@@ -155,10 +263,11 @@ impl Cluster {
         Ok(WorkerServiceClient::connect(self.master.url.clone()).await?)
     }
 
-    /// A read-only view of the master's database, for checking what the API
-    /// does not show (the lease history).
-    pub async fn store(&self) -> anyhow::Result<ffleet_master::store::SqliteStore> {
-        Ok(ffleet_master::store::SqliteStore::connect(&self.master.database).await?)
+    /// The master's database, for checking what the API does not show
+    /// (the lease history).
+    pub async fn store(&self) -> anyhow::Result<ffleet_master::store::SqlStore> {
+        let options = ffleet_master::store::DbOptions::new(self.master.database.clone());
+        Ok(ffleet_master::store::SqlStore::connect(&options).await?)
     }
 
     /// The master's and workers' logs, for a failing test's message.
@@ -183,14 +292,20 @@ impl Cluster {
     }
 }
 
-async fn spawn_master(dir: &Path, config: &MasterConfig, listen: &str) -> anyhow::Result<Master> {
+async fn spawn_master(
+    dir: &Path,
+    config: &MasterConfig,
+    listen: &str,
+    database: &str,
+    name: &str,
+) -> anyhow::Result<Master> {
     let output_root = dir.join("out");
     std::fs::create_dir_all(&output_root)?;
-    let database = format!("sqlite://{}", dir.join("master.db").display());
+    let database = database.to_owned();
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(dir.join("master.log"))?;
+        .open(dir.join(format!("{name}.log")))?;
     let mut child = Command::new(bin("ffleet-master"))
         .args(["--listen", listen, "--database", &database])
         .arg("--output-root")

@@ -6,4 +6,5 @@ mod cli;
 mod faults;
 mod http_input;
 mod lifecycle;
+mod store_suite;
 mod validation;

@@ -61,6 +61,17 @@ impl Dialect {
         }
     }
 
+    /// How write transactions begin. SQLite's default (deferred) takes the
+    /// write lock only at the first write, and a transaction that read
+    /// first then fails with SQLITE_BUSY if another process wrote
+    /// meanwhile; IMMEDIATE takes it up front and waits its turn.
+    pub fn begin_write(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "BEGIN IMMEDIATE",
+            Dialect::Postgres => "BEGIN",
+        }
+    }
+
     /// The larger of two values.
     pub fn greatest(self) -> &'static str {
         match self {

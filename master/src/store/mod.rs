@@ -101,7 +101,7 @@ pub enum Submitted {
 }
 
 /// Something another process sharing the database changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Change {
     /// A job may have become leasable.
     WorkAvailable,

@@ -116,7 +116,7 @@ impl SqlStore {
 
     async fn begin(&self) -> Result<Transaction<'static, Any>> {
         let started = Instant::now();
-        let tx = self.writer.begin().await?;
+        let tx = self.writer.begin_with(self.dialect.begin_write()).await?;
         self.record_wait(started);
         Ok(tx)
     }

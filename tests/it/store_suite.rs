@@ -1,0 +1,575 @@
+//! The store conformance suite: every test here runs unchanged against
+//! SQLite and Postgres (see `store_suite!` at the bottom).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ffleet_core::Resources;
+use ffleet_core::spec::{SpecPolicy, SubmittedSpec, validate};
+use ffleet_core::state::{Event, Failure, FailureKind, JobState, RetryPolicy, StepError};
+use ffleet_master::Error;
+use ffleet_master::migrate::{self, MigrationState};
+use ffleet_master::store::{
+    self, Attachments, Change, DbOptions, LeaseRef, LeaseRequest, SqlStore, Store, Submitted,
+    WorkerRecord, WorkerState,
+};
+
+use crate::helpers::{Backend, fresh_database};
+
+const RETRY: RetryPolicy = RetryPolicy {
+    base_ms: 1_000,
+    max_ms: 60_000,
+};
+
+/// One test's database.
+pub struct TestDb {
+    url: String,
+    backend: Backend,
+    _dir: tempfile::TempDir,
+}
+
+impl TestDb {
+    async fn new(backend: Backend) -> anyhow::Result<TestDb> {
+        let dir = tempfile::tempdir()?;
+        let url = fresh_database(backend, dir.path()).await?;
+        Ok(TestDb {
+            url,
+            backend,
+            _dir: dir,
+        })
+    }
+
+    /// A store on this database, migrated: each call is another "master".
+    async fn open(&self) -> anyhow::Result<Arc<dyn Store>> {
+        Ok(store::open(&DbOptions::new(self.url.clone()), true).await?)
+    }
+
+    async fn raw(&self) -> anyhow::Result<SqlStore> {
+        Ok(SqlStore::connect(&DbOptions::new(self.url.clone())).await?)
+    }
+}
+
+fn spec(output: &str, priority: i32, cpu_millis: u32) -> ffleet_core::JobSpec {
+    let raw = SubmittedSpec {
+        input: "/media/in.mp4".into(),
+        output: output.into(),
+        preset: "h264-480p".into(),
+        resources: Some(Resources::new(cpu_millis, 1 << 20, 1 << 20)),
+        priority,
+        ..SubmittedSpec::default()
+    };
+    validate(raw, &SpecPolicy::new("/out".into())).expect("valid spec")
+}
+
+async fn submit(
+    store: &dyn Store,
+    id: &str,
+    priority: i32,
+    cpu: u32,
+    now: i64,
+) -> anyhow::Result<()> {
+    store
+        .submit(id, None, &spec(&format!("{id}.mp4"), priority, cpu), now)
+        .await?;
+    Ok(())
+}
+
+fn lease_request(worker_id: &str, cpu_millis: u32, max_jobs: usize) -> LeaseRequest<'_> {
+    LeaseRequest {
+        worker_id,
+        free: Resources::new(cpu_millis, 1 << 40, 1 << 40),
+        max_jobs,
+        ttl_ms: 10_000,
+    }
+}
+
+fn token_of(store_job: &ffleet_master::store::JobRecord) -> u64 {
+    store_job.status.lease.as_ref().expect("leased").token
+}
+
+pub async fn submit_is_idempotent_per_key(db: &TestDb) -> anyhow::Result<()> {
+    let store = db.open().await?;
+    let s = spec("a.mp4", 0, 1000);
+    let first = store.submit("j1", Some("key"), &s, 1).await?;
+    assert!(matches!(first, Submitted::Created(ref j) if j.status.state == JobState::Queued));
+    let again = store.submit("j2", Some("key"), &s, 2).await?;
+    assert!(matches!(again, Submitted::Existing(ref j) if j.id == "j1"));
+    let other = store
+        .submit("j3", Some("key"), &spec("b.mp4", 0, 1000), 3)
+        .await;
+    assert!(
+        matches!(other, Err(Error::IdempotencyConflict(_))),
+        "{other:?}"
+    );
+    assert!(store.job("j2").await?.is_none());
+    assert_eq!(store.history("j1").await?.len(), 1);
+    Ok(())
+}
+
+pub async fn apply_steps_the_state_machine_and_fences_tokens(db: &TestDb) -> anyhow::Result<()> {
+    let store = db.open().await?;
+    submit(store.as_ref(), "j1", 0, 1000, 10).await?;
+    let leased = store.lease(lease_request("w1", 1000, 1), 20).await?;
+    let token = token_of(&leased[0]);
+    store
+        .apply(
+            "j1",
+            Event::Start { token },
+            Attachments::default(),
+            30,
+            &RETRY,
+        )
+        .await?;
+    let stale = store
+        .apply(
+            "j1",
+            Event::Complete { token: token + 1 },
+            Attachments::default(),
+            40,
+            &RETRY,
+        )
+        .await;
+    assert!(
+        matches!(stale, Err(Error::Step(StepError::StaleLease { .. }))),
+        "{stale:?}"
+    );
+    let unchanged = store.job("j1").await?.unwrap();
+    assert_eq!(unchanged.status.state, JobState::Running);
+    let (done, _) = store
+        .apply(
+            "j1",
+            Event::Complete { token },
+            Attachments::default(),
+            50,
+            &RETRY,
+        )
+        .await?;
+    assert_eq!(done.status.state, JobState::Succeeded);
+    let stored = store.job("j1").await?.unwrap();
+    assert_eq!(stored.status, done.status);
+    assert_eq!(stored.finished_at_ms, Some(50));
+    let history = store.history("j1").await?;
+    let states: Vec<JobState> = history.iter().map(|t| t.to).collect();
+    assert_eq!(
+        states,
+        [
+            JobState::Queued,
+            JobState::Leased,
+            JobState::Running,
+            JobState::Succeeded
+        ]
+    );
+    assert_eq!(history.last().unwrap().lease_token, Some(token));
+    assert!(matches!(
+        store
+            .apply("missing", Event::Cancel, Attachments::default(), 60, &RETRY)
+            .await,
+        Err(Error::JobNotFound(_))
+    ));
+    Ok(())
+}
+
+pub async fn lease_follows_priority_fit_and_backoff(db: &TestDb) -> anyhow::Result<()> {
+    let store = db.open().await?;
+    submit(store.as_ref(), "low", 0, 500, 1).await?;
+    submit(store.as_ref(), "high", 5, 1500, 2).await?;
+    submit(store.as_ref(), "big", 9, 4000, 3).await?;
+    // 2 CPUs: "big" fits nowhere, "high" goes first, "low" fits beside it.
+    let leased = store.lease(lease_request("w1", 2000, 8), 10).await?;
+    let ids: Vec<&str> = leased.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["high", "low"]);
+    assert!(
+        store
+            .lease(lease_request("w1", 2000, 8), 11)
+            .await?
+            .is_empty()
+    );
+    // An infrastructure failure requeues with backoff: not leasable before.
+    let token = token_of(&leased[1]);
+    let failure = Failure {
+        kind: FailureKind::Infrastructure,
+        reason: "disk".into(),
+        stderr_tail: vec![],
+    };
+    let (requeued, _) = store
+        .apply(
+            "low",
+            Event::Fail { token, failure },
+            Attachments::default(),
+            100,
+            &RETRY,
+        )
+        .await?;
+    assert_eq!(
+        (requeued.status.state, requeued.status.not_before_ms),
+        (JobState::Queued, 1_100)
+    );
+    assert_eq!(store.next_retry_at(100).await?, Some(1_100));
+    assert!(
+        store
+            .lease(lease_request("w1", 1000, 8), 1_099)
+            .await?
+            .is_empty()
+    );
+    let again = store.lease(lease_request("w1", 1000, 8), 1_100).await?;
+    assert_eq!(again[0].id, "low");
+    assert_eq!(again[0].status.attempt, 2);
+    assert!(token_of(&again[0]) > token, "tokens only grow");
+    Ok(())
+}
+
+pub async fn concurrent_masters_never_lease_a_job_twice(db: &TestDb) -> anyhow::Result<()> {
+    let masters = [db.open().await?, db.open().await?];
+    for i in 0..200 {
+        submit(masters[0].as_ref(), &format!("j{i:03}"), 0, 100, i).await?;
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..8 {
+        let store = masters[t % 2].clone();
+        tasks.spawn(async move {
+            let worker = format!("w{t}");
+            let mut mine = vec![];
+            loop {
+                let got = store.lease(lease_request(&worker, 1000, 5), 1_000).await?;
+                if got.is_empty() {
+                    return Ok::<_, anyhow::Error>(mine);
+                }
+                mine.extend(got.into_iter().map(|j| j.id));
+            }
+        });
+    }
+    let mut all = vec![];
+    while let Some(done) = tasks.join_next().await {
+        all.extend(done??);
+    }
+    let unique: HashSet<&String> = all.iter().collect();
+    assert_eq!(all.len(), 200, "every job leased");
+    assert_eq!(unique.len(), 200, "no job leased twice");
+    for id in ["j000", "j123", "j199"] {
+        assert_eq!(masters[1].lease_history(id).await?.len(), 1);
+    }
+    Ok(())
+}
+
+pub async fn renew_extends_live_leases_and_revokes_the_rest(db: &TestDb) -> anyhow::Result<()> {
+    let store = db.open().await?;
+    submit(store.as_ref(), "a", 0, 100, 1).await?;
+    submit(store.as_ref(), "b", 0, 100, 2).await?;
+    let leased = store.lease(lease_request("w1", 1000, 2), 10).await?;
+    let (a, b) = (token_of(&leased[0]), token_of(&leased[1]));
+    store
+        .apply("b", Event::Cancel, Attachments::default(), 20, &RETRY)
+        .await?;
+    let asked = [
+        LeaseRef {
+            job_id: "a".into(),
+            token: a,
+        },
+        LeaseRef {
+            job_id: "b".into(),
+            token: b,
+        },
+        LeaseRef {
+            job_id: "a".into(),
+            token: a + 100,
+        },
+    ];
+    let revoked = store.renew("w1", &asked, 50_000).await?;
+    assert_eq!(
+        revoked,
+        asked[1..].to_vec(),
+        "cancelled and stale leases are revoked"
+    );
+    let job = store.job("a").await?.unwrap();
+    assert_eq!(job.status.lease.unwrap().expires_at_ms, 50_000);
+    // Another worker cannot renew w1's lease.
+    assert_eq!(store.renew("w2", &asked[..1], 90_000).await?.len(), 1);
+    // Progress is fenced the same way.
+    let progress = ffleet_core::report::Progress::default();
+    assert_eq!(
+        store.record_progress(&asked[0], &progress, 60).await?,
+        Some(false)
+    );
+    assert_eq!(
+        store.record_progress(&asked[1], &progress, 60).await?,
+        Some(true)
+    );
+    assert_eq!(store.record_progress(&asked[2], &progress, 60).await?, None);
+    Ok(())
+}
+
+pub async fn an_expired_lease_is_requeued_exactly_once(db: &TestDb) -> anyhow::Result<()> {
+    let masters = [db.open().await?, db.open().await?];
+    submit(masters[0].as_ref(), "j", 0, 100, 1).await?;
+    let mut request = lease_request("w1", 1000, 1);
+    request.ttl_ms = 100;
+    let token = token_of(&masters[0].lease(request, 1_000).await?[0]);
+    assert!(masters[1].expired_leases(1_050).await?.is_empty());
+    let expired = masters[1].expired_leases(1_200).await?;
+    assert_eq!(
+        expired,
+        vec![LeaseRef {
+            job_id: "j".into(),
+            token
+        }]
+    );
+    // Both masters' reapers see it; exactly one requeues it.
+    let reap = |i: usize| {
+        let store = masters[i].clone();
+        async move {
+            store
+                .apply(
+                    "j",
+                    Event::LeaseExpired { token },
+                    Attachments::default(),
+                    1_200,
+                    &RETRY,
+                )
+                .await
+        }
+    };
+    let (first, second) = tokio::join!(reap(0), reap(1));
+    let outcomes = [first.is_ok(), second.is_ok()];
+    assert_eq!(
+        outcomes.iter().filter(|ok| **ok).count(),
+        1,
+        "{first:?} {second:?}"
+    );
+    let job = masters[0].job("j").await?.unwrap();
+    assert_eq!(
+        (job.status.state, job.status.attempt),
+        (JobState::Queued, 1)
+    );
+    let requeues = masters[0]
+        .history("j")
+        .await?
+        .iter()
+        .filter(|t| t.from == JobState::Leased && t.to == JobState::Queued)
+        .count();
+    assert_eq!(requeues, 1);
+    Ok(())
+}
+
+pub async fn workers_register_heartbeat_and_get_lost(db: &TestDb) -> anyhow::Result<()> {
+    let store = db.open().await?;
+    let worker = WorkerRecord {
+        id: "w1".into(),
+        name: "node-a".into(),
+        capacity: Resources::new(2000, 4 << 30, 10 << 30),
+        labels: [("zone".to_owned(), "a".to_owned())].into(),
+        ffmpeg_version: "ffmpeg version 5.1".into(),
+        state: WorkerState::Ready,
+        registered_at_ms: 1,
+        last_heartbeat_ms: 1,
+    };
+    store.register_worker(&worker).await?;
+    assert_eq!(store.worker("w1").await?.unwrap(), worker);
+    assert_eq!(
+        store.heartbeat_worker("w1", false, 100).await?,
+        Some(WorkerState::Ready)
+    );
+    assert_eq!(store.heartbeat_worker("nobody", false, 100).await?, None);
+    assert_eq!(store.mark_lost_workers(50).await?, Vec::<String>::new());
+    assert_eq!(store.mark_lost_workers(200).await?, vec!["w1".to_owned()]);
+    // Lost stays lost, whatever it says, until it registers again.
+    assert_eq!(
+        store.heartbeat_worker("w1", false, 300).await?,
+        Some(WorkerState::Lost)
+    );
+    assert_eq!(store.worker("w1").await?.unwrap().state, WorkerState::Lost);
+    store.register_worker(&worker).await?;
+    assert_eq!(
+        store.heartbeat_worker("w1", true, 400).await?,
+        Some(WorkerState::Ready)
+    );
+    assert_eq!(
+        store.worker("w1").await?.unwrap().state,
+        WorkerState::Draining
+    );
+    submit(store.as_ref(), "j", 0, 100, 1).await?;
+    store.lease(lease_request("w1", 1000, 1), 10).await?;
+    let listed = store.workers().await?;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].1, vec!["j".to_owned()]);
+    Ok(())
+}
+
+pub async fn list_pages_newest_first_and_filters_by_state(db: &TestDb) -> anyhow::Result<()> {
+    let store = db.open().await?;
+    for i in 0..5 {
+        submit(store.as_ref(), &format!("j{i}"), 0, 100, i).await?;
+    }
+    store
+        .apply("j2", Event::Cancel, Attachments::default(), 10, &RETRY)
+        .await?;
+    let page1 = store.list_jobs(None, 2, None).await?;
+    let page2 = store.list_jobs(None, 2, Some(&page1[1].id)).await?;
+    let ids: Vec<&str> = page1.iter().chain(&page2).map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["j4", "j3", "j2", "j1"]);
+    let queued: Vec<String> = store
+        .list_jobs(Some(JobState::Queued), 10, None)
+        .await?
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(queued, ["j4", "j3", "j1", "j0"]);
+    assert_eq!(
+        store
+            .list_jobs(Some(JobState::Cancelled), 10, None)
+            .await?
+            .len(),
+        1
+    );
+    Ok(())
+}
+
+pub async fn migrations_go_down_and_up_keeping_data(db: &TestDb) -> anyhow::Result<()> {
+    let store = db.open().await?;
+    submit(store.as_ref(), "kept", 3, 100, 1).await?;
+    drop(store);
+    assert_eq!(migrate::down(&db.url, None).await?, vec![2]);
+    let states: Vec<(i64, MigrationState)> = migrate::status(&db.url)
+        .await?
+        .iter()
+        .map(|m| (m.version, m.state))
+        .collect();
+    assert_eq!(
+        states,
+        [(1, MigrationState::Applied), (2, MigrationState::Pending)]
+    );
+    assert_eq!(migrate::up(&db.url).await?, vec![2]);
+    let store = db.open().await?;
+    let kept = store
+        .job("kept")
+        .await?
+        .expect("data survives the later migration's down and up");
+    assert_eq!(kept.spec.priority, 3);
+    drop(store);
+    assert_eq!(migrate::down(&db.url, Some(0)).await?, vec![2, 1]);
+    assert!(
+        migrate::status(&db.url)
+            .await?
+            .iter()
+            .all(|m| m.state == MigrationState::Pending)
+    );
+    let store = db.open().await?;
+    assert!(
+        store.job("kept").await?.is_none(),
+        "down to zero drops everything"
+    );
+    Ok(())
+}
+
+pub async fn schema_mismatches_are_refused(db: &TestDb) -> anyhow::Result<()> {
+    // Behind: --no-migrate refuses a database that lacks migrations.
+    let behind = store::open(&DbOptions::new(db.url.clone()), false).await;
+    assert!(
+        matches!(behind, Err(Error::SchemaBehind { ref pending }) if pending == &[1, 2]),
+        "{:?}",
+        behind.err()
+    );
+    // Ahead: a migration this build does not know.
+    db.open().await?;
+    let raw = db.raw().await?;
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(9_999i64)
+    .bind("from the future")
+    .bind(true)
+    .bind(vec![0u8])
+    .bind(0i64)
+    .execute(raw.pool())
+    .await?;
+    let ahead = store::open(&DbOptions::new(db.url.clone()), true).await;
+    assert!(
+        matches!(
+            ahead,
+            Err(Error::SchemaTooNew {
+                database: 9_999,
+                known: 2
+            })
+        ),
+        "{:?}",
+        ahead.err()
+    );
+    assert!(matches!(
+        migrate::up(&db.url).await,
+        Err(Error::SchemaTooNew { .. })
+    ));
+    Ok(())
+}
+
+pub async fn other_masters_hear_of_changes_when_the_database_is_shared(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    let listener = db.open().await?;
+    let writer = db.open().await?;
+    let (sink, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let listening = {
+        let (listener, shutdown) = (listener.clone(), shutdown.clone());
+        tokio::spawn(async move { listener.listen(sink, shutdown).await })
+    };
+    if db.backend == Backend::Sqlite {
+        // One process per SQLite file: nothing to hear, and listen says so
+        // by returning at once.
+        tokio::time::timeout(Duration::from_secs(5), listening).await???;
+        return Ok(());
+    }
+    // Postgres: LISTEN is set up asynchronously; submit until heard.
+    let mut heard = HashSet::new();
+    for i in 0..50 {
+        submit(writer.as_ref(), &format!("n{i}"), 0, 100, i).await?;
+        while let Ok(Some(change)) =
+            tokio::time::timeout(Duration::from_millis(100), changes.recv()).await
+        {
+            heard.insert(change);
+        }
+        if heard.contains(&Change::WorkAvailable) && heard.contains(&Change::Job(format!("n{i}"))) {
+            shutdown.cancel();
+            listening.await??;
+            return Ok(());
+        }
+    }
+    anyhow::bail!("no notification heard: {heard:?}")
+}
+
+macro_rules! store_suite {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $test() -> anyhow::Result<()> {
+                    super::$test(&TestDb::new(Backend::Sqlite).await?).await
+                }
+            )*
+        }
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $test() -> anyhow::Result<()> {
+                    super::$test(&TestDb::new(Backend::Postgres).await?).await
+                }
+            )*
+        }
+    };
+}
+
+store_suite!(
+    submit_is_idempotent_per_key,
+    apply_steps_the_state_machine_and_fences_tokens,
+    lease_follows_priority_fit_and_backoff,
+    concurrent_masters_never_lease_a_job_twice,
+    renew_extends_live_leases_and_revokes_the_rest,
+    an_expired_lease_is_requeued_exactly_once,
+    workers_register_heartbeat_and_get_lost,
+    list_pages_newest_first_and_filters_by_state,
+    migrations_go_down_and_up_keeping_data,
+    schema_mismatches_are_refused,
+    other_masters_hear_of_changes_when_the_database_is_shared,
+);
