@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The test command: formatting, lints, then every test (unit, property and
-# end-to-end with real FFmpeg, SQLite and gRPC on loopback).
+# The test command: formatting, lints, then every test (unit, property,
+# store conformance on SQLite and Postgres, end-to-end with real FFmpeg and
+# gRPC on loopback), then the end-to-end suite again with Postgres as the
+# masters' database. Starts (and stops) a throwaway Postgres server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,5 +14,15 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build binaries (the end-to-end tests run them)"
 cargo build --workspace --bins --locked
-echo "== cargo test"
+
+pgdir=$(mktemp -d)
+trap 'scripts/pg.sh stop "$pgdir"; rm -rf "$pgdir"' EXIT
+FFLEET_TEST_POSTGRES=$(scripts/pg.sh start "$pgdir")
+export FFLEET_TEST_POSTGRES
+echo "== test Postgres at $FFLEET_TEST_POSTGRES"
+
+echo "== cargo test (masters on SQLite)"
 cargo test --workspace --locked
+echo "== end-to-end tests again, masters on Postgres"
+FFLEET_IT_BACKEND=postgres cargo test --locked -p ffleet-it --test it -- \
+  --skip store_suite --skip multi_master

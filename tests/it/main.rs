@@ -6,5 +6,6 @@ mod cli;
 mod faults;
 mod http_input;
 mod lifecycle;
+mod multi_master;
 mod store_suite;
 mod validation;

@@ -337,13 +337,13 @@ impl Worker {
                     _ = &mut released => {
                         released.set(s.ledger.next_release());
                         released.as_mut().enable();
-                        self.heartbeat_once().await;
+                        self.heartbeat_once(false).await;
                     }
                     // Draining: tell the master, which ends the poll; take
                     // what it already leased (it runs within the drain).
                     _ = s.shutdown.cancelled(), if !drain_announced => {
                         drain_announced = true;
-                        self.heartbeat_once().await;
+                        self.heartbeat_once(false).await;
                     }
                 }
             };
@@ -411,10 +411,12 @@ impl Worker {
         tracker.spawn(async move {
             let scratch = worker.shared.jobs_dir.join(format!("{job_id}-{token}"));
             let (progress_tx, progress_rx) = watch::channel(None);
+            let finished = CancellationToken::new();
             let reporter = tokio::spawn(worker.clone().progress_loop(
                 job_id.clone(),
                 token,
                 progress_rx,
+                finished.clone(),
             ));
             let run = JobRun {
                 job_id: &job_id,
@@ -423,6 +425,7 @@ impl Worker {
                 scratch: &scratch,
             };
             let outcome = executor::execute(&worker.shared.exec, run, stop_rx, progress_tx).await;
+            finished.cancel();
             let _ = reporter.await;
             if let Err(e) = tokio::fs::remove_dir_all(&scratch).await
                 && e.kind() != std::io::ErrorKind::NotFound
@@ -458,16 +461,31 @@ impl Worker {
 
     /// Sends progress at most every [`PROGRESS_INTERVAL`]; stops the job if
     /// the master says it was cancelled or the lease is no longer ours.
+    /// Sends progress, at most every [`PROGRESS_INTERVAL`] (the first
+    /// sample, which moves the job to running, at once); stops the job if
+    /// the master says it was cancelled or the lease is no longer ours.
+    /// Ends as soon as the run is `finished`, never waiting out a throttle.
     async fn progress_loop(
         self,
         job_id: String,
         token: u64,
         mut progress: watch::Receiver<Option<Progress>>,
+        finished: CancellationToken,
     ) {
-        while progress.changed().await.is_ok() {
+        let mut next_send = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                changed = progress.changed() => if changed.is_err() { return },
+                _ = finished.cancelled() => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_send) => {}
+                _ = finished.cancelled() => return,
+            }
             let Some(sample) = progress.borrow_and_update().clone() else {
                 continue;
             };
+            next_send = tokio::time::Instant::now() + PROGRESS_INTERVAL;
             let request = v1::ReportProgressRequest {
                 lease: Some(v1::LeaseRef {
                     job_id: job_id.clone(),
@@ -494,7 +512,6 @@ impl Worker {
                     self.failed(master, &status);
                 }
             }
-            tokio::time::sleep(PROGRESS_INTERVAL).await;
         }
     }
 
@@ -585,24 +602,29 @@ impl Worker {
                 _ = self.shared.draining.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}
             }
-            self.heartbeat_once().await;
+            self.heartbeat_once(true).await;
         }
     }
 
-    /// One heartbeat: renews our leases, stops the revoked ones, registers
-    /// again if the master forgot us.
-    async fn heartbeat_once(&self) {
+    /// One heartbeat: renews our leases (with `renew`), stops the revoked
+    /// ones, registers again if the master forgot us. Without `renew` it
+    /// only tells the master our free resources and draining state, which
+    /// is all a pending AcquireJobs needs, at a fraction of the cost.
+    async fn heartbeat_once(&self, renew: bool) {
         let s = &self.shared;
-        let leases: Vec<v1::LeaseRef> = s
-            .running
-            .lock()
-            .expect("running lock")
-            .iter()
-            .map(|(job_id, job)| v1::LeaseRef {
-                job_id: job_id.clone(),
-                token: job.token,
-            })
-            .collect();
+        let leases: Vec<v1::LeaseRef> = if !renew {
+            vec![]
+        } else {
+            s.running
+                .lock()
+                .expect("running lock")
+                .iter()
+                .map(|(job_id, job)| v1::LeaseRef {
+                    job_id: job_id.clone(),
+                    token: job.token,
+                })
+                .collect()
+        };
         let request = v1::HeartbeatRequest {
             worker_id: self.identity().worker_id,
             leases,

@@ -520,8 +520,11 @@ impl Store for SqlStore {
             return Ok(vec![]);
         }
         let mut tx = self.begin().await?;
+        // Placement needs only these columns: the full rows (and their JSON)
+        // are read for the jobs it picks, not for every candidate.
         let sql = format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'queued' AND not_before_ms <= $1 \
+            "SELECT id, priority, created_at_ms, cpu_millis, memory_bytes, disk_bytes FROM jobs \
+             WHERE state = 'queued' AND not_before_ms <= $1 \
              ORDER BY priority DESC, created_at_ms, id LIMIT $2{}",
             self.dialect.for_update_skip_locked()
         );
@@ -530,16 +533,21 @@ impl Store for SqlStore {
             .bind(SCAN_LIMIT)
             .fetch_all(&mut *tx)
             .await?;
-        let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
-        let candidates: Vec<Candidate> = jobs
+        let candidates = rows
             .iter()
-            .map(|j| Candidate {
-                priority: j.spec.priority,
-                created_at_ms: j.created_at_ms,
-                id: j.id.clone(),
-                request: j.spec.resources,
+            .map(|r| {
+                Ok(Candidate {
+                    id: r.try_get("id")?,
+                    priority: int(r, "priority")? as i32,
+                    created_at_ms: int(r, "created_at_ms")?,
+                    request: Resources::new(
+                        int(r, "cpu_millis")? as u32,
+                        int(r, "memory_bytes")? as u64,
+                        int(r, "disk_bytes")? as u64,
+                    ),
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         let slots = [Slot {
             free: request.free,
             max_jobs: request.max_jobs,
@@ -547,7 +555,11 @@ impl Store for SqlStore {
         let assignments = placement::place(&candidates, &slots);
         let mut leased = Vec::with_capacity(assignments.len());
         for a in assignments {
-            let job = &mut jobs[a.job];
+            let id = &candidates[a.job].id;
+            let mut job = self
+                .load_job(&mut tx, id)
+                .await?
+                .ok_or_else(|| Error::Corrupt(format!("queued job {id} vanished")))?;
             let token: i64 = sqlx::query_scalar(
                 "INSERT INTO leases (job_id, worker_id, attempt, granted_at_ms) \
                  VALUES ($1, $2, $3, $4) RETURNING token",
@@ -564,9 +576,9 @@ impl Store for SqlStore {
                 expires_at_ms: now_ms + request.ttl_ms,
             };
             let outcome = state::step(&job.status, event, now_ms, &RetryPolicy::default())?;
-            self.persist(&mut tx, job, &outcome, Attachments::default(), now_ms)
+            self.persist(&mut tx, &mut job, &outcome, Attachments::default(), now_ms)
                 .await?;
-            leased.push(job.clone());
+            leased.push(job);
         }
         tx.commit().await?;
         Ok(leased)
