@@ -121,7 +121,7 @@ async fn errors_are_one_line_and_exit_non_zero() -> anyhow::Result<()> {
 #[tokio::test]
 async fn migrate_status_shows_pending_then_applied() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let database = format!("sqlite://{}", dir.path().join("m.db").display());
+    let database = fresh_database(Backend::from_env(), dir.path()).await?;
     let migrate = |action: &'static str| {
         let database = database.clone();
         async move {

@@ -187,3 +187,29 @@ async fn killing_one_of_two_masters_loses_no_job() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_long_poll_on_one_master_wakes_for_a_job_submitted_to_another() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start_on(Backend::Postgres, MasterConfig::default()).await?;
+    let other = cluster.spawn_another_master().await?;
+    // The only worker polls the other master, which holds its AcquireJobs
+    // for 30 s unless told that work arrived.
+    cluster.spawn_worker_for("w", &[other], &[]).await?;
+    let mut client = cluster.client().await?;
+    // Let the worker's long poll settle in before submitting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let submitted = Instant::now();
+    let job = submit(&mut client, spec(&clip(1, "160x120"), "woken.m4a", "aac")).await?;
+    let leased = watch_until(&mut client, &job.id, Duration::from_secs(10), |j| {
+        j.attempt > 0
+    })
+    .await;
+    let waited = submitted.elapsed();
+    assert!(
+        leased.is_ok(),
+        "not leased within 10 s: the other master's poll never woke\n{}",
+        cluster.logs()
+    );
+    eprintln!("cross-master wake: submit to lease in {waited:?}");
+    Ok(())
+}

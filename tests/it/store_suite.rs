@@ -249,6 +249,10 @@ pub async fn concurrent_masters_never_lease_a_job_twice(db: &TestDb) -> anyhow::
     for id in ["j000", "j123", "j199"] {
         assert_eq!(masters[1].lease_history(id).await?.len(), 1);
     }
+    // The pools report what they hold, for the metrics.
+    let stats = masters[0].pool_stats();
+    assert!(stats.size >= 1 && stats.idle <= stats.size, "{stats:?}");
+    assert_eq!(stats.in_use, stats.size - stats.idle);
     Ok(())
 }
 
