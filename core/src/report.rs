@@ -32,6 +32,13 @@ impl Progress {
     }
 }
 
+/// What a job's processes used, from its cgroup's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceUsage {
+    pub cpu_time_ms: u64,
+    pub peak_memory_bytes: u64,
+}
+
 /// What a finished job moved, measured by the worker.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Bandwidth {

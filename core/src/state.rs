@@ -83,6 +83,9 @@ pub enum FailureKind {
     Input,
     /// Worker lost, worker-side I/O error, killed by a resource guard: retried.
     Infrastructure,
+    /// The job exceeded what it reserved (its memory limit, its pids limit):
+    /// terminal, since the same request would fail the same way again.
+    ResourceLimit,
     Timeout,
     Cancelled,
 }
@@ -92,6 +95,7 @@ impl FailureKind {
         match self {
             FailureKind::Input => "input",
             FailureKind::Infrastructure => "infrastructure",
+            FailureKind::ResourceLimit => "resource_limit",
             FailureKind::Timeout => "timeout",
             FailureKind::Cancelled => "cancelled",
         }
@@ -101,6 +105,7 @@ impl FailureKind {
         [
             FailureKind::Input,
             FailureKind::Infrastructure,
+            FailureKind::ResourceLimit,
             FailureKind::Timeout,
             FailureKind::Cancelled,
         ]
@@ -112,6 +117,10 @@ impl FailureKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
     pub kind: FailureKind,
+    /// A short, stable cause for dashboards and scripts: `oom_killed`,
+    /// `disk_full`, `timed_out`, `cancelled_forced` …
+    #[serde(default)]
+    pub code: String,
     pub reason: String,
     #[serde(default)]
     pub stderr_tail: Vec<String>,
@@ -361,7 +370,7 @@ pub fn step(
         }
         (Leased | Running, Event::Fail { failure, .. }) => {
             let final_state = match failure.kind {
-                FailureKind::Input => Some(Failed),
+                FailureKind::Input | FailureKind::ResourceLimit => Some(Failed),
                 FailureKind::Timeout => Some(TimedOut),
                 FailureKind::Cancelled => Some(Cancelled),
                 // A job whose cancellation was asked for ends cancelled,
@@ -393,6 +402,7 @@ pub fn step(
             }
             let failure = Failure {
                 kind: FailureKind::Infrastructure,
+                code: "lease_expired".into(),
                 reason: format!("lease expired: worker {holder} stopped heartbeating"),
                 stderr_tail: vec![],
             };
@@ -505,6 +515,7 @@ mod tests {
     fn failure(kind: FailureKind) -> Failure {
         Failure {
             kind,
+            code: String::new(),
             reason: "boom".into(),
             stderr_tail: vec![],
         }
@@ -675,6 +686,7 @@ mod tests {
         let kind = prop_oneof![
             Just(FailureKind::Input),
             Just(FailureKind::Infrastructure),
+            Just(FailureKind::ResourceLimit),
             Just(FailureKind::Timeout),
             Just(FailureKind::Cancelled),
         ];

@@ -113,7 +113,40 @@ impl Cluster {
 
     async fn with_history(&self, job: JobRecord) -> Result<v1::Job> {
         let history = self.store().history(&job.id).await?;
-        Ok(job_to_wire(job, history))
+        let pending_reason = self.pending_reason(&job).await?;
+        let mut wire = job_to_wire(job, history);
+        wire.pending_reason = pending_reason;
+        Ok(wire)
+    }
+
+    /// Why a queued job waits, when no live worker could ever run it.
+    /// Computed when asked, from the registered workers' capacities, so
+    /// there is nothing to keep in sync.
+    async fn pending_reason(&self, job: &JobRecord) -> Result<String> {
+        if job.status.state != ffleet_core::JobState::Queued {
+            return Ok(String::new());
+        }
+        let workers = self.store().workers().await?;
+        let live: Vec<Resources> = workers
+            .iter()
+            .filter(|(w, _)| w.state != WorkerState::Lost)
+            .map(|(w, _)| w.capacity)
+            .collect();
+        let request = job.spec.resources;
+        if live.is_empty() {
+            return Ok("no live worker is registered".into());
+        }
+        if live.iter().any(|capacity| capacity.fits(&request)) {
+            return Ok(String::new());
+        }
+        let largest = live.iter().fold(Resources::ZERO, |acc, c| Resources {
+            cpu_millis: acc.cpu_millis.max(c.cpu_millis),
+            memory_bytes: acc.memory_bytes.max(c.memory_bytes),
+            disk_bytes: acc.disk_bytes.max(c.disk_bytes),
+        });
+        Ok(format!(
+            "no live worker can fit this job: it asks for {request}; the largest worker offers {largest}"
+        ))
     }
 
     pub async fn job_with_history(&self, id: &str) -> Result<v1::Job> {
@@ -374,7 +407,7 @@ impl Cluster {
         if job.status.state == ffleet_core::JobState::Leased {
             let attachments = Attachments {
                 progress: Some(progress.clone()),
-                bandwidth: None,
+                ..Attachments::default()
             };
             let (job, _) = self
                 .apply(

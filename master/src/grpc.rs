@@ -85,6 +85,8 @@ pub fn job_to_wire(job: JobRecord, history: Vec<TransitionRecord>) -> v1::Job {
         idempotency_key: job.idempotency_key.unwrap_or_default(),
         not_before_ms: job.status.not_before_ms,
         finished_at_ms: job.finished_at_ms.unwrap_or(0),
+        usage: job.usage.map(Into::into),
+        pending_reason: String::new(),
     }
 }
 
@@ -305,6 +307,7 @@ impl WorkerService for Cluster {
         let attachments = Attachments {
             progress: None,
             bandwidth: req.bandwidth.map(Into::into),
+            usage: req.usage.map(Into::into),
         };
         self.apply(
             &lease.job_id,
@@ -330,6 +333,7 @@ impl WorkerService for Cluster {
             token: lease.token,
             failure: Failure {
                 kind,
+                code: failure.code,
                 reason: failure.reason,
                 stderr_tail: failure.stderr_tail,
             },
@@ -337,6 +341,7 @@ impl WorkerService for Cluster {
         let attachments = Attachments {
             progress: None,
             bandwidth: req.bandwidth.map(Into::into),
+            usage: req.usage.map(Into::into),
         };
         self.apply(&lease.job_id, event, attachments)
             .await

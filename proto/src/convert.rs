@@ -2,7 +2,7 @@
 //! use these, so a field is mapped in exactly one place.
 
 use ffleet_core::Resources;
-use ffleet_core::report::{Bandwidth, Progress};
+use ffleet_core::report::{Bandwidth, Progress, ResourceUsage};
 use ffleet_core::spec::{Container, JobSpec, Preset, SubmittedSpec};
 use ffleet_core::state::{Failure, FailureKind, JobState};
 
@@ -62,6 +62,7 @@ impl From<FailureKind> for v1::FailureKind {
         match k {
             FailureKind::Input => v1::FailureKind::Input,
             FailureKind::Infrastructure => v1::FailureKind::Infrastructure,
+            FailureKind::ResourceLimit => v1::FailureKind::ResourceLimit,
             FailureKind::Timeout => v1::FailureKind::Timeout,
             FailureKind::Cancelled => v1::FailureKind::Cancelled,
         }
@@ -73,6 +74,7 @@ pub fn failure_kind_from_wire(value: i32) -> Option<FailureKind> {
         v1::FailureKind::Unspecified => None,
         v1::FailureKind::Input => Some(FailureKind::Input),
         v1::FailureKind::Infrastructure => Some(FailureKind::Infrastructure),
+        v1::FailureKind::ResourceLimit => Some(FailureKind::ResourceLimit),
         v1::FailureKind::Timeout => Some(FailureKind::Timeout),
         v1::FailureKind::Cancelled => Some(FailureKind::Cancelled),
     }
@@ -82,6 +84,7 @@ impl From<Failure> for v1::Failure {
     fn from(f: Failure) -> Self {
         v1::Failure {
             kind: v1::FailureKind::from(f.kind) as i32,
+            code: f.code,
             reason: f.reason,
             stderr_tail: f.stderr_tail,
         }
@@ -112,6 +115,24 @@ impl From<v1::Progress> for Progress {
             bitrate_bps: p.bitrate_bps,
             duration_us: p.duration_us,
             frame: p.frame,
+        }
+    }
+}
+
+impl From<ResourceUsage> for v1::ResourceUsage {
+    fn from(u: ResourceUsage) -> Self {
+        v1::ResourceUsage {
+            cpu_time_ms: u.cpu_time_ms,
+            peak_memory_bytes: u.peak_memory_bytes,
+        }
+    }
+}
+
+impl From<v1::ResourceUsage> for ResourceUsage {
+    fn from(u: v1::ResourceUsage) -> Self {
+        ResourceUsage {
+            cpu_time_ms: u.cpu_time_ms,
+            peak_memory_bytes: u.peak_memory_bytes,
         }
     }
 }

@@ -50,7 +50,7 @@ async fn submit_wait_and_get_print_the_job_with_bandwidth() -> anyhow::Result<()
     let got = ffleet(&url, &["get", id, "-o", "json"]).await?;
     let got: serde_json::Value = serde_json::from_slice(&got.stdout)?;
     assert_eq!(got["id"], id);
-    assert_eq!(got["history"].as_array().unwrap().len(), 4);
+    assert_eq!(got["history"].as_array().unwrap().len(), 4, "{got:#}");
 
     let listed = ffleet(&url, &["list", "--state", "succeeded", "-o", "json"]).await?;
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout)?;

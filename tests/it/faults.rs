@@ -160,6 +160,7 @@ async fn a_killed_worker_loses_its_lease_and_its_late_report_is_refused() -> any
                 output_bytes: 1,
                 ..Default::default()
             }),
+            usage: None,
         })
         .await
         .unwrap_err();

@@ -185,6 +185,17 @@ impl Cluster {
         Ok((cluster, client))
     }
 
+    /// This test's own cgroup parent, so parallel tests' workers (all
+    /// named alike) never clean up each other's job cgroups.
+    pub fn cgroup_parent(&self) -> String {
+        let dir = self
+            .tmp
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        format!("ffleet-it/{}", dir.unwrap_or_default())
+    }
+
     pub fn dir(&self) -> &Path {
         self.tmp.path()
     }
@@ -222,6 +233,7 @@ impl Cluster {
             .args([
                 "--cpu", "2", "--memory", "4G", "--disk", "20G", "--grace", "5s",
             ])
+            .args(["--cgroup-parent", &self.cgroup_parent()])
             .args(extra)
             .env("RUST_LOG", "info,ffleet_worker=debug")
             .stdin(Stdio::null())
@@ -289,6 +301,36 @@ impl Cluster {
             }
         }
         out
+    }
+}
+
+impl Drop for Cluster {
+    /// Removes this test's cgroup directories, which workers the test
+    /// killed could not.
+    fn drop(&mut self) {
+        for worker in &mut self.workers {
+            let _ = worker.child.start_kill();
+        }
+        let parent = self.cgroup_parent();
+        for hierarchy in ["cpu", "cpuacct", "memory", "pids", ""] {
+            remove_cgroup_tree(&Path::new("/sys/fs/cgroup").join(hierarchy).join(&parent));
+        }
+    }
+}
+
+/// Removes a cgroup directory tree, leaves first (cgroup directories go
+/// with rmdir, never recursively).
+fn remove_cgroup_tree(dir: &Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.path().is_dir() {
+            remove_cgroup_tree(&entry.path());
+        }
+    }
+    for _ in 0..100 {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -189,6 +189,7 @@ pub async fn lease_follows_priority_fit_and_backoff(db: &TestDb) -> anyhow::Resu
     let token = token_of(&leased[1]);
     let failure = Failure {
         kind: FailureKind::Infrastructure,
+        code: "disk_full".into(),
         reason: "disk".into(),
         stderr_tail: vec![],
     };
@@ -432,30 +433,37 @@ pub async fn migrations_go_down_and_up_keeping_data(db: &TestDb) -> anyhow::Resu
     let store = db.open().await?;
     submit(store.as_ref(), "kept", 3, 100, 1).await?;
     drop(store);
-    assert_eq!(migrate::down(&db.url, None).await?, vec![2]);
-    let states: Vec<(i64, MigrationState)> = migrate::status(&db.url)
-        .await?
-        .iter()
-        .map(|m| (m.version, m.state))
-        .collect();
+    let status = |url: String| async move {
+        let rows = migrate::status(&url).await?;
+        Ok::<_, anyhow::Error>(
+            rows.iter()
+                .map(|m| (m.version, m.state))
+                .collect::<Vec<_>>(),
+        )
+    };
+    use MigrationState::{Applied, Pending};
     assert_eq!(
-        states,
-        [(1, MigrationState::Applied), (2, MigrationState::Pending)]
+        migrate::down(&db.url, None).await?,
+        vec![3],
+        "down reverts the latest"
     );
-    assert_eq!(migrate::up(&db.url).await?, vec![2]);
+    assert_eq!(migrate::down(&db.url, Some(1)).await?, vec![2]);
+    assert_eq!(
+        status(db.url.clone()).await?,
+        [(1, Applied), (2, Pending), (3, Pending)]
+    );
+    assert_eq!(migrate::up(&db.url).await?, vec![2, 3]);
     let store = db.open().await?;
     let kept = store
         .job("kept")
         .await?
-        .expect("data survives the later migration's down and up");
+        .expect("data survives the later migrations' down and up");
     assert_eq!(kept.spec.priority, 3);
     drop(store);
-    assert_eq!(migrate::down(&db.url, Some(0)).await?, vec![2, 1]);
-    assert!(
-        migrate::status(&db.url)
-            .await?
-            .iter()
-            .all(|m| m.state == MigrationState::Pending)
+    assert_eq!(migrate::down(&db.url, Some(0)).await?, vec![3, 2, 1]);
+    assert_eq!(
+        status(db.url.clone()).await?,
+        [(1, Pending), (2, Pending), (3, Pending)]
     );
     let store = db.open().await?;
     assert!(
@@ -469,7 +477,7 @@ pub async fn schema_mismatches_are_refused(db: &TestDb) -> anyhow::Result<()> {
     // Behind: --no-migrate refuses a database that lacks migrations.
     let behind = store::open(&DbOptions::new(db.url.clone()), false).await;
     assert!(
-        matches!(behind, Err(Error::SchemaBehind { ref pending }) if pending == &[1, 2]),
+        matches!(behind, Err(Error::SchemaBehind { ref pending }) if pending == &[1, 2, 3]),
         "{:?}",
         behind.err()
     );
@@ -493,7 +501,7 @@ pub async fn schema_mismatches_are_refused(db: &TestDb) -> anyhow::Result<()> {
             ahead,
             Err(Error::SchemaTooNew {
                 database: 9_999,
-                known: 2
+                known: 3
             })
         ),
         "{:?}",

@@ -8,6 +8,8 @@ pub enum Error {
     MasterAddress(String, String),
     #[error("work dir {0}: {1}")]
     WorkDir(std::path::PathBuf, std::io::Error),
+    #[error("cgroups required but unusable: {0}")]
+    Cgroups(String),
     #[error("detecting capacity: {0}")]
     Capacity(String),
     #[error("http client: {0}")]

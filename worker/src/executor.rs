@@ -1,6 +1,7 @@
-//! Runs one leased job: fetch the input, probe it, run FFmpeg under the
-//! job's timeout and stop signal, measure what moved, put the output in
-//! place. Every path cleans up after itself.
+//! Runs one leased job: fetch the input, probe it, run FFmpeg in the job's
+//! cgroup under its timeout and stop signal, measure what moved, put the
+//! output in place. Every path cleans up after itself, and every failure
+//! carries a kind (what happens next) and a code (what happened).
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use ffleet_core::ffmpeg::{self, ProbeStream, ProbeSummary, ProgressParser};
 use ffleet_core::report::{Bandwidth, Progress};
+use ffleet_core::resources::format_size;
 use ffleet_core::spec::{InputSource, JobSpec};
 use ffleet_core::state::{Failure, FailureKind};
 use futures::StreamExt;
@@ -18,13 +20,20 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::cgroup::JobCgroup;
+
 /// How many of FFmpeg's last stderr lines a failure keeps.
 const STDERR_TAIL: usize = 20;
+/// What the `confine` trampoline prints before failing, so its failure is
+/// not taken for FFmpeg's.
+pub const CONFINE_ERROR_PREFIX: &str = "ffleet-worker confine:";
 
 #[derive(Debug, Clone)]
 pub struct ExecConfig {
     pub ffmpeg: PathBuf,
     pub ffprobe: PathBuf,
+    /// This worker's own executable, run as the `confine` trampoline.
+    pub confine_exe: PathBuf,
     /// Between SIGTERM and SIGKILL.
     pub grace: Duration,
     pub probe_timeout: Duration,
@@ -43,6 +52,8 @@ pub enum StopReason {
     Revoked,
     /// The worker is shutting down and hands the job back.
     Drain,
+    /// The host fell below the worker's memory floor; the newest job goes.
+    MemoryGuard,
 }
 
 /// How a run ended.
@@ -53,37 +64,93 @@ pub enum RunOutcome {
 }
 
 /// Why a phase ended early.
+#[derive(Debug, Clone, Copy)]
 enum Interrupted {
     Stop(StopReason),
     Timeout,
 }
 
-fn failure(kind: FailureKind, reason: impl Into<String>, stderr_tail: Vec<String>) -> RunOutcome {
+/// How FFmpeg went when it was stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stopped {
+    /// It exited on SIGTERM within the grace period.
+    Gracefully,
+    /// It ignored SIGTERM and was killed.
+    Forcibly,
+    /// It had not started (download, probe).
+    BeforeStart,
+}
+
+fn failure(
+    kind: FailureKind,
+    code: &str,
+    reason: impl Into<String>,
+    stderr_tail: Vec<String>,
+) -> RunOutcome {
     RunOutcome::Failed(Failure {
         kind,
+        code: code.to_owned(),
         reason: reason.into(),
         stderr_tail,
     })
 }
 
-fn interrupted(why: Interrupted, timeout: Duration) -> RunOutcome {
+/// An I/O error's failure: a full disk is named as such.
+fn io_failure(what: String, e: &std::io::Error) -> RunOutcome {
+    let code = if e.raw_os_error() == Some(nix::libc::ENOSPC) {
+        "disk_full"
+    } else {
+        "worker_io"
+    };
+    failure(
+        FailureKind::Infrastructure,
+        code,
+        format!("{what}: {e}"),
+        vec![],
+    )
+}
+
+fn interrupted(why: Interrupted, how: Stopped, timeout: Duration, grace: Duration) -> RunOutcome {
+    let how_text = match how {
+        Stopped::Gracefully => "; ffmpeg stopped on SIGTERM".to_owned(),
+        Stopped::Forcibly => format!(
+            "; ffmpeg ignored SIGTERM and was killed after the {} grace",
+            humantime::format_duration(grace)
+        ),
+        Stopped::BeforeStart => String::new(),
+    };
     match why {
         Interrupted::Timeout => failure(
             FailureKind::Timeout,
+            "timed_out",
             format!(
-                "ran past its timeout of {}",
+                "ran past its timeout of {}{how_text}",
                 humantime::format_duration(timeout)
             ),
             vec![],
         ),
         Interrupted::Stop(StopReason::Revoked) => failure(
             FailureKind::Cancelled,
-            "stopped: the master revoked the lease",
+            if how == Stopped::Forcibly {
+                "cancelled_forced"
+            } else {
+                "cancelled_graceful"
+            },
+            format!("stopped: the master revoked the lease{how_text}"),
             vec![],
         ),
         Interrupted::Stop(StopReason::Drain) => failure(
             FailureKind::Infrastructure,
-            "worker shutting down; job handed back",
+            "worker_draining",
+            format!("worker shutting down; job handed back{how_text}"),
+            vec![],
+        ),
+        Interrupted::Stop(StopReason::MemoryGuard) => failure(
+            FailureKind::Infrastructure,
+            "memory_guard",
+            format!(
+                "the host fell below the worker's memory floor; the newest job was stopped{how_text}"
+            ),
             vec![],
         ),
     }
@@ -124,7 +191,13 @@ pub struct JobRun<'a> {
     pub spec: &'a JobSpec,
     /// The job's own scratch directory; created here, removed by the caller.
     pub scratch: &'a Path,
+    /// The job's cgroup, when the worker confines jobs.
+    pub cgroup: Option<&'a JobCgroup>,
 }
+
+/// The file in a job's scratch directory that names its temporary output,
+/// so a worker restarted after a crash can remove it.
+pub const TEMP_OUTPUT_NOTE: &str = "temp-output";
 
 /// Runs the job to an outcome. Progress samples go to `progress`.
 pub async fn execute(
@@ -139,11 +212,11 @@ pub async fn execute(
     }
     let timeout = Duration::from_millis(run.spec.timeout_ms);
     let deadline = Instant::now() + timeout;
+    let stop_early = |why| interrupted(why, Stopped::BeforeStart, timeout, config.grace);
     if let Err(e) = tokio::fs::create_dir_all(run.scratch).await {
-        return failure(
-            FailureKind::Infrastructure,
-            format!("creating scratch dir {}: {e}", run.scratch.display()),
-            vec![],
+        return io_failure(
+            format!("creating scratch dir {}", run.scratch.display()),
+            &e,
         );
     }
 
@@ -152,18 +225,12 @@ pub async fn execute(
         InputSource::Local(path) => match tokio::fs::metadata(&path).await {
             Ok(m) if m.is_file() => path,
             Ok(_) => {
-                return failure(
-                    FailureKind::Input,
-                    format!("input {} is not a file", path.display()),
-                    vec![],
-                );
+                let reason = format!("input {} is not a file", path.display());
+                return failure(FailureKind::Input, "input_not_found", reason, vec![]);
             }
             Err(e) => {
-                return failure(
-                    FailureKind::Input,
-                    format!("input {}: {e}", path.display()),
-                    vec![],
-                );
+                let reason = format!("input {}: {e}", path.display());
+                return failure(FailureKind::Input, "input_not_found", reason, vec![]);
             }
         },
         InputSource::Http(url) => {
@@ -171,7 +238,7 @@ pub async fn execute(
             match guarded(download(config, &url, &target), &mut stop, deadline).await {
                 Ok(Ok(())) => target,
                 Ok(Err(outcome)) => return outcome,
-                Err(why) => return interrupted(why, timeout),
+                Err(why) => return stop_early(why),
             }
         }
     };
@@ -181,10 +248,10 @@ pub async fn execute(
     let summary = match guarded(probe(config, &input_str), &mut stop, deadline).await {
         Ok(Ok(summary)) => summary,
         Ok(Err(outcome)) => return outcome,
-        Err(why) => return interrupted(why, timeout),
+        Err(why) => return stop_early(why),
     };
     if let Err(reason) = ffmpeg::check_probe(&summary, run.spec.preset) {
-        return failure(FailureKind::Input, reason, vec![]);
+        return failure(FailureKind::Input, "input_refused", reason, vec![]);
     }
 
     // 3. Encode into a temporary file beside the target.
@@ -193,20 +260,18 @@ pub async fn execute(
     if let Some(parent) = output.parent()
         && let Err(e) = tokio::fs::create_dir_all(parent).await
     {
-        return failure(
-            FailureKind::Infrastructure,
-            format!("creating output dir {}: {e}", parent.display()),
-            vec![],
-        );
+        return io_failure(format!("creating output dir {}", parent.display()), &e);
+    }
+    let note = run.scratch.join(TEMP_OUTPUT_NOTE);
+    if let Err(e) = tokio::fs::write(&note, temp.to_string_lossy().as_bytes()).await {
+        return io_failure(format!("writing {}", note.display()), &e);
     }
     let outcome = encode(
         config, &run, &input_str, &temp, &summary, &mut stop, deadline, progress,
     )
     .await;
     let outcome = match outcome {
-        Ok((bandwidth_parts, stderr_tail)) => {
-            finish(&input, &temp, &output, bandwidth_parts, stderr_tail).await
-        }
+        Ok((measure, stderr_tail)) => finish(&input, &temp, &output, measure, stderr_tail).await,
         Err(outcome) => outcome,
     };
     if !matches!(outcome, RunOutcome::Succeeded(_)) {
@@ -230,6 +295,26 @@ struct EncodeMeasure {
     wall: Duration,
 }
 
+/// FFmpeg's command: through the `confine` trampoline into the job's
+/// cgroup when there is one, directly otherwise.
+fn ffmpeg_command(config: &ExecConfig, cgroup: Option<&JobCgroup>, args: &[String]) -> Command {
+    match cgroup {
+        Some(cgroup) => {
+            let mut command = Command::new(&config.confine_exe);
+            command
+                .args(["confine", "--cgroup", cgroup.rel_path(), "--"])
+                .arg(&config.ffmpeg)
+                .args(args);
+            command
+        }
+        None => {
+            let mut command = Command::new(&config.ffmpeg);
+            command.args(args);
+            command
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn encode(
     config: &ExecConfig,
@@ -245,8 +330,7 @@ async fn encode(
     let args = ffmpeg::build_args(run.spec, input, &temp.to_string_lossy());
     tracing::debug!(job_id = run.job_id, ?args, "spawning ffmpeg");
     let started = Instant::now();
-    let mut child = Command::new(&config.ffmpeg)
-        .args(&args)
+    let mut child = ffmpeg_command(config, run.cgroup, &args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -255,11 +339,8 @@ async fn encode(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| {
-            failure(
-                FailureKind::Infrastructure,
-                format!("spawning {}: {e}", config.ffmpeg.display()),
-                vec![],
-            )
+            let reason = format!("spawning {}: {e}", config.ffmpeg.display());
+            failure(FailureKind::Infrastructure, "spawn_failed", reason, vec![])
         })?;
     let pid = child.id().map(|id| Pid::from_raw(id as i32));
 
@@ -310,10 +391,10 @@ async fn encode(
     let exit = match exit {
         Ok(status) => status,
         Err(why) => {
-            terminate(&mut child, pid, config.grace, run.job_id).await;
+            let how = terminate(&mut child, pid, config.grace, run.job_id).await;
             let _ = progress_task.await;
             let _ = stderr_task.await;
-            return Err(interrupted(why, timeout));
+            return Err(interrupted(why, how, timeout, config.grace));
         }
     };
     let wall = started.elapsed();
@@ -322,12 +403,13 @@ async fn encode(
     let status = exit.map_err(|e| {
         failure(
             FailureKind::Infrastructure,
+            "worker_io",
             format!("waiting for ffmpeg: {e}"),
             vec![],
         )
     })?;
     if !status.success() {
-        return Err(classify_exit(status, stderr_tail));
+        return Err(classify_exit(status, stderr_tail, run));
     }
     Ok((
         EncodeMeasure {
@@ -342,44 +424,91 @@ async fn encode(
     ))
 }
 
-/// FFmpeg failed on its own: bad input unless the signs say the worker is
-/// to blame (a signal, a full disk, no memory).
-fn classify_exit(status: ExitStatus, stderr_tail: Vec<String>) -> RunOutcome {
+/// Why FFmpeg failed on its own. The kernel's counters speak first (an OOM
+/// kill, a refused fork); then the signs that the worker is to blame (a
+/// signal, a full disk); anything else is FFmpeg rejecting the input.
+fn classify_exit(status: ExitStatus, stderr_tail: Vec<String>, run: &JobRun<'_>) -> RunOutcome {
     use std::os::unix::process::ExitStatusExt;
-    if let Some(signal) = status.signal() {
+    let usage = run.cgroup.map(|c| c.usage()).unwrap_or_default();
+    let memory = run.spec.resources.memory_bytes;
+    if usage.oom_kills > 0 {
+        let reason = format!(
+            "ffmpeg exceeded its memory limit of {} and was killed by the kernel's OOM killer",
+            format_size(memory)
+        );
         return failure(
-            FailureKind::Infrastructure,
-            format!("ffmpeg killed by signal {signal}"),
+            FailureKind::ResourceLimit,
+            "oom_killed",
+            reason,
+            stderr_tail,
+        );
+    }
+    if usage.pids_refused > 0 {
+        let reason = format!(
+            "the job's processes hit their pids limit ({} forks refused)",
+            usage.pids_refused
+        );
+        return failure(
+            FailureKind::ResourceLimit,
+            "pids_limit",
+            reason,
             stderr_tail,
         );
     }
     let text = stderr_tail.join("\n");
-    let worker_side = [
-        "No space left on device",
-        "Cannot allocate memory",
-        "Input/output error",
-    ];
+    if let Some(line) = stderr_tail
+        .iter()
+        .find(|l| l.starts_with(CONFINE_ERROR_PREFIX))
+    {
+        return failure(
+            FailureKind::Infrastructure,
+            "confine_failed",
+            line.clone(),
+            stderr_tail.clone(),
+        );
+    }
+    if let Some(signal) = status.signal() {
+        let reason = format!("ffmpeg killed by signal {signal}");
+        return failure(
+            FailureKind::Infrastructure,
+            "killed_by_signal",
+            reason,
+            stderr_tail,
+        );
+    }
+    if text.contains("No space left on device") {
+        return failure(
+            FailureKind::Infrastructure,
+            "disk_full",
+            "ffmpeg failed: no space left on device",
+            stderr_tail,
+        );
+    }
+    let worker_side = ["Cannot allocate memory", "Input/output error"];
     if let Some(sign) = worker_side.iter().find(|s| text.contains(*s)) {
         return failure(
             FailureKind::Infrastructure,
+            "worker_io",
             format!("ffmpeg failed: {sign}"),
             stderr_tail,
         );
     }
     let code = status.code().unwrap_or(-1);
-    failure(
-        FailureKind::Input,
-        format!("ffmpeg rejected the input (exit status {code})"),
-        stderr_tail,
-    )
+    let reason = format!("ffmpeg rejected the input (exit status {code})");
+    failure(FailureKind::Input, "ffmpeg_failed", reason, stderr_tail)
 }
 
 /// SIGTERM to the process group, the grace period, then SIGKILL.
-async fn terminate(child: &mut Child, pid: Option<Pid>, grace: Duration, job_id: &str) {
-    let Some(pid) = pid else { return };
+async fn terminate(child: &mut Child, pid: Option<Pid>, grace: Duration, job_id: &str) -> Stopped {
+    let Some(pid) = pid else {
+        return Stopped::Gracefully;
+    };
     let _ = killpg(pid, Signal::SIGTERM);
-    match tokio::time::timeout(grace, child.wait()).await {
-        Ok(_) => tracing::info!(job_id, "ffmpeg stopped gracefully"),
+    let how = match tokio::time::timeout(grace, child.wait()).await {
+        Ok(_) => {
+            tracing::info!(job_id, "ffmpeg stopped gracefully");
+            Stopped::Gracefully
+        }
         Err(_) => {
             let _ = killpg(pid, Signal::SIGKILL);
             let _ = child.wait().await;
@@ -388,10 +517,12 @@ async fn terminate(child: &mut Child, pid: Option<Pid>, grace: Duration, job_id:
                 grace_ms = grace.as_millis() as u64,
                 "ffmpeg ignored SIGTERM; killed"
             );
+            Stopped::Forcibly
         }
-    }
+    };
     // Anything left in the group (children FFmpeg started) goes too.
     let _ = killpg(pid, Signal::SIGKILL);
+    how
 }
 
 async fn finish(
@@ -408,18 +539,19 @@ async fn finish(
     let output_bytes = match tokio::fs::metadata(temp).await {
         Ok(m) => m.len(),
         Err(e) => {
+            let reason = format!("ffmpeg left no output: {e}");
             return failure(
                 FailureKind::Infrastructure,
-                format!("ffmpeg left no output: {e}"),
+                "worker_io",
+                reason,
                 stderr_tail,
             );
         }
     };
     if let Err(e) = tokio::fs::rename(temp, output).await {
-        return failure(
-            FailureKind::Infrastructure,
-            format!("moving output into place at {}: {e}", output.display()),
-            stderr_tail,
+        return io_failure(
+            format!("moving output into place at {}", output.display()),
+            &e,
         );
     }
     RunOutcome::Succeeded(Bandwidth::measure(
@@ -433,63 +565,56 @@ async fn finish(
 /// Downloads an http/https input into `target`, capped in size.
 async fn download(config: &ExecConfig, url: &str, target: &Path) -> Result<(), RunOutcome> {
     let cap = config.max_download_bytes;
-    let response = config.http.get(url).send().await.map_err(|e| {
+    let unreachable = |e: reqwest::Error| {
         failure(
             FailureKind::Infrastructure,
+            "download_failed",
             format!("downloading {url}: {e}"),
             vec![],
         )
-    })?;
+    };
+    let response = config.http.get(url).send().await.map_err(unreachable)?;
     let status = response.status();
     if status.is_client_error() {
+        let reason = format!("downloading {url}: HTTP {status}");
         return Err(failure(
             FailureKind::Input,
-            format!("downloading {url}: HTTP {status}"),
+            "download_refused",
+            reason,
             vec![],
         ));
     }
     if !status.is_success() {
+        let reason = format!("downloading {url}: HTTP {status}");
         return Err(failure(
             FailureKind::Infrastructure,
-            format!("downloading {url}: HTTP {status}"),
+            "download_failed",
+            reason,
             vec![],
         ));
     }
     let too_large = || {
-        failure(
-            FailureKind::Input,
-            format!("input at {url} exceeds the download cap of {cap} bytes"),
-            vec![],
-        )
+        let reason = format!("input at {url} exceeds the download cap of {cap} bytes");
+        failure(FailureKind::Input, "download_too_large", reason, vec![])
     };
     if response.content_length().is_some_and(|len| len > cap) {
         return Err(too_large());
     }
-    let io_failure = |e: std::io::Error| {
-        failure(
-            FailureKind::Infrastructure,
-            format!("writing {}: {e}", target.display()),
-            vec![],
-        )
-    };
-    let mut file = tokio::fs::File::create(target).await.map_err(io_failure)?;
+    let write_failed = |e: std::io::Error| io_failure(format!("writing {}", target.display()), &e);
+    let mut file = tokio::fs::File::create(target)
+        .await
+        .map_err(write_failed)?;
     let mut body = response.bytes_stream();
     let mut written: u64 = 0;
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| {
-            failure(
-                FailureKind::Infrastructure,
-                format!("downloading {url}: {e}"),
-                vec![],
-            )
-        })?;
+        let chunk = chunk.map_err(unreachable)?;
         written += chunk.len() as u64;
         if written > cap {
             return Err(too_large());
         }
-        file.write_all(&chunk).await.map_err(io_failure)?;
+        file.write_all(&chunk).await.map_err(write_failed)?;
     }
-    file.flush().await.map_err(io_failure)?;
+    file.flush().await.map_err(write_failed)?;
     tracing::info!(url, bytes = written, "input downloaded");
     Ok(())
 }
@@ -503,36 +628,38 @@ async fn probe(config: &ExecConfig, input: &str) -> Result<ProbeSummary, RunOutc
         .output();
     let out = match tokio::time::timeout(config.probe_timeout, run).await {
         Err(_) => {
+            let reason = format!(
+                "ffprobe took longer than {} s",
+                config.probe_timeout.as_secs()
+            );
             return Err(failure(
                 FailureKind::Input,
-                format!(
-                    "ffprobe took longer than {} s",
-                    config.probe_timeout.as_secs()
-                ),
+                "input_unreadable",
+                reason,
                 vec![],
             ));
         }
         Ok(Err(e)) => {
+            let reason = format!("running ffprobe: {e}");
             return Err(failure(
                 FailureKind::Infrastructure,
-                format!("running ffprobe: {e}"),
+                "spawn_failed",
+                reason,
                 vec![],
             ));
         }
         Ok(Ok(out)) => out,
     };
-    let stderr: Vec<String> = String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .rev()
-        .take(STDERR_TAIL)
-        .map(str::to_owned)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    let stderr: Vec<String> = lines[lines.len().saturating_sub(STDERR_TAIL)..]
+        .iter()
+        .map(|l| l.to_string())
         .collect();
     if !out.status.success() {
         return Err(failure(
             FailureKind::Input,
+            "input_unreadable",
             "ffprobe could not read the input",
             stderr,
         ));
@@ -540,6 +667,7 @@ async fn probe(config: &ExecConfig, input: &str) -> Result<ProbeSummary, RunOutc
     parse_probe(&out.stdout).map_err(|e| {
         failure(
             FailureKind::Input,
+            "input_unreadable",
             format!("unreadable ffprobe report: {e}"),
             stderr,
         )

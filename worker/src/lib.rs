@@ -1,6 +1,7 @@
 //! The ffleet worker. See `docs/ARCHITECTURE.md` for the map.
 
 pub mod capacity;
+pub mod cgroup;
 pub mod error;
 pub mod executor;
 pub mod ledger;

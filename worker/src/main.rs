@@ -5,7 +5,12 @@ use anyhow::Context;
 use clap::Parser;
 use ffleet_core::resources::{parse_cpu, parse_size};
 use ffleet_telemetry::LogFormat;
+use std::ffi::{CString, OsString};
+use std::os::unix::ffi::OsStrExt;
+
 use ffleet_worker::WorkerOptions;
+use ffleet_worker::cgroup::CgroupMode;
+use ffleet_worker::executor::CONFINE_ERROR_PREFIX;
 
 /// The ffleet worker: runs FFmpeg for jobs the master leases to it.
 #[derive(Parser, Debug)]
@@ -63,6 +68,17 @@ struct Args {
     /// without running FFmpeg.
     #[arg(long, hide = true)]
     noop_executor: bool,
+    /// Confine each job in its own cgroup (CPU quota, memory limit, pids
+    /// limit): auto, required or off.
+    #[arg(long, value_enum, default_value_t = CgroupMode::Auto)]
+    cgroups: CgroupMode,
+    /// Where job cgroups live, relative to each hierarchy's root (under a
+    /// directory named after the worker).
+    #[arg(long, default_value = "ffleet")]
+    cgroup_parent: String,
+    /// Most processes and threads one job may have (its pids limit).
+    #[arg(long, default_value_t = 512)]
+    pids_limit: u32,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -71,8 +87,45 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
+/// `ffleet-worker confine --cgroup PATH -- PROGRAM ARGS…`: the trampoline
+/// the worker starts FFmpeg through. It joins the job's cgroup, then
+/// becomes PROGRAM (exec, same pid), so PROGRAM never runs unconfined.
+fn confine(args: &[OsString]) -> ! {
+    let fail = |message: String| -> ! {
+        eprintln!("{CONFINE_ERROR_PREFIX} {message}");
+        std::process::exit(121)
+    };
+    let (cgroup, program) = match args {
+        [flag, cgroup, sep, program @ ..]
+            if flag == "--cgroup" && sep == "--" && !program.is_empty() =>
+        {
+            (cgroup.to_string_lossy().into_owned(), program)
+        }
+        _ => fail("usage: ffleet-worker confine --cgroup PATH -- PROGRAM ARGS...".into()),
+    };
+    if let Err(e) = ffleet_worker::cgroup::join(&cgroup) {
+        fail(e);
+    }
+    let argv: Vec<CString> = program
+        .iter()
+        .map(|a| {
+            CString::new(a.as_bytes()).unwrap_or_else(|_| fail("argument with a NUL byte".into()))
+        })
+        .collect();
+    let e = nix::unistd::execvp(&argv[0], &argv).unwrap_err();
+    fail(format!("exec {}: {e}", argv[0].to_string_lossy()))
+}
+
+fn main() -> anyhow::Result<()> {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == "confine") {
+        confine(&argv[2..]);
+    }
+    run()
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     ffleet_telemetry::init_logging(args.log_format);
     let shutdown = ffleet_telemetry::shutdown_on_signals();
@@ -97,6 +150,9 @@ async fn main() -> anyhow::Result<()> {
         download_timeout: args.download_timeout,
         max_jobs: args.max_jobs.max(1),
         noop_executor: args.noop_executor,
+        cgroups: args.cgroups,
+        cgroup_parent: args.cgroup_parent,
+        pids_limit: args.pids_limit,
     };
     let worker = options
         .build(shutdown)

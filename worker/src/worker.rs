@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ffleet_core::Resources;
-use ffleet_core::report::Progress;
+use ffleet_core::report::{Progress, ResourceUsage};
 use ffleet_core::state::{Failure, FailureKind};
 use ffleet_proto::convert::leased_spec;
 use ffleet_proto::v1::{self, worker_service_client::WorkerServiceClient};
@@ -20,6 +20,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request};
 
 use crate::capacity;
+use crate::cgroup::{CgroupMode, Cgroups};
 use crate::error::{Error, Result};
 use crate::executor::{self, ExecConfig, JobRun, RunOutcome, StopReason};
 use crate::ledger::Ledger;
@@ -51,6 +52,11 @@ pub struct WorkerOptions {
     pub max_jobs: u32,
     /// Benchmarks only: complete jobs without running FFmpeg.
     pub noop_executor: bool,
+    pub cgroups: CgroupMode,
+    /// Job cgroups live under this path in each hierarchy.
+    pub cgroup_parent: String,
+    /// Most processes and threads one job may have.
+    pub pids_limit: u32,
 }
 
 impl WorkerOptions {
@@ -59,6 +65,36 @@ impl WorkerOptions {
         tokio::fs::create_dir_all(&jobs_dir)
             .await
             .map_err(|e| Error::WorkDir(self.work_dir.clone(), e))?;
+        let cgroups = match self.cgroups {
+            CgroupMode::Off => None,
+            // Per worker name, so a restarted worker cleans up its own past
+            // and never another worker's jobs on the same host.
+            mode => match Cgroups::open(
+                &cgroup_parent(&self.cgroup_parent, &self.name),
+                self.pids_limit,
+            ) {
+                Ok(cgroups) => {
+                    let removed = cgroups.remove_leftovers();
+                    if !removed.is_empty() {
+                        tracing::warn!(
+                            ?removed,
+                            "killed and removed job cgroups left by a previous run"
+                        );
+                    }
+                    tracing::info!(
+                        version = cgroups.version(),
+                        parent = cgroups.parent(),
+                        "jobs run in per-job cgroups"
+                    );
+                    Some(cgroups)
+                }
+                Err(reason) if mode == CgroupMode::Required => return Err(Error::Cgroups(reason)),
+                Err(reason) => {
+                    tracing::warn!(%reason, "cgroups unavailable: jobs run unconfined");
+                    None
+                }
+            },
+        };
         remove_leftovers(&jobs_dir).await;
         let capacity = capacity::detect(
             &self.work_dir,
@@ -84,6 +120,7 @@ impl WorkerOptions {
             .timeout(self.download_timeout)
             .build()?;
         let exec = ExecConfig {
+            confine_exe: std::env::current_exe()?,
             ffmpeg: self.ffmpeg.clone(),
             ffprobe: self.ffprobe.clone(),
             grace: self.grace,
@@ -98,6 +135,7 @@ impl WorkerOptions {
                 current_master: AtomicUsize::new(0),
                 ledger: Ledger::new(capacity),
                 exec,
+                cgroups,
                 jobs_dir,
                 running: Mutex::new(HashMap::new()),
                 pending_acquire: AtomicU64::new(0),
@@ -109,6 +147,25 @@ impl WorkerOptions {
             }),
         })
     }
+}
+
+/// `ffleet/<name>`, with the name reduced to characters safe in a path.
+fn cgroup_parent(root: &str, name: &str) -> String {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!(
+        "{}/{}",
+        root.trim_matches('/'),
+        safe.trim_start_matches('.')
+    )
 }
 
 fn master_client(address: &str) -> Result<WorkerServiceClient<Channel>> {
@@ -125,12 +182,18 @@ fn master_client(address: &str) -> Result<WorkerServiceClient<Channel>> {
     Ok(WorkerServiceClient::new(channel))
 }
 
-/// Scratch directories of a previous life (a crash) are garbage now.
+/// Scratch directories of a previous life (a crash) are garbage now, and
+/// so are the temporary outputs they name.
 async fn remove_leftovers(jobs_dir: &std::path::Path) {
     let Ok(mut entries) = tokio::fs::read_dir(jobs_dir).await else {
         return;
     };
     while let Ok(Some(entry)) = entries.next_entry().await {
+        let note = entry.path().join(executor::TEMP_OUTPUT_NOTE);
+        if let Ok(temp) = tokio::fs::read_to_string(&note).await {
+            tracing::info!(path = %temp, "removing leftover temporary output");
+            let _ = tokio::fs::remove_file(temp.trim()).await;
+        }
         tracing::info!(path = %entry.path().display(), "removing leftover scratch dir");
         let _ = tokio::fs::remove_dir_all(entry.path()).await;
     }
@@ -153,6 +216,7 @@ struct Shared {
     current_master: AtomicUsize,
     ledger: Ledger,
     exec: ExecConfig,
+    cgroups: Option<Cgroups>,
     jobs_dir: PathBuf,
     running: Mutex<HashMap<String, RunningJob>>,
     /// The sequence number of the pending AcquireJobs, 0 when none.
@@ -418,15 +482,62 @@ impl Worker {
                 progress_rx,
                 finished.clone(),
             ));
-            let run = JobRun {
-                job_id: &job_id,
-                token,
-                spec: &spec,
-                scratch: &scratch,
+            let cgroup = match &worker.shared.cgroups {
+                Some(cgroups) if !worker.shared.exec.noop => {
+                    let started = std::time::Instant::now();
+                    match cgroups.create(&format!("job-{job_id}-{token}"), &spec.resources) {
+                        Ok(cgroup) => {
+                            tracing::debug!(
+                                job_id,
+                                setup_us = started.elapsed().as_micros() as u64,
+                                "cgroup ready"
+                            );
+                            Some(cgroup)
+                        }
+                        Err(reason) => {
+                            tracing::error!(job_id, %reason, "cannot create the job's cgroup");
+                            None
+                        }
+                    }
+                }
+                _ => None,
             };
-            let outcome = executor::execute(&worker.shared.exec, run, stop_rx, progress_tx).await;
+            let outcome = if worker.shared.cgroups.is_some()
+                && cgroup.is_none()
+                && !worker.shared.exec.noop
+            {
+                RunOutcome::Failed(Failure {
+                    kind: FailureKind::Infrastructure,
+                    code: "cgroup_setup_failed".into(),
+                    reason: "the worker could not create the job's cgroup".into(),
+                    stderr_tail: vec![],
+                })
+            } else {
+                let run = JobRun {
+                    job_id: &job_id,
+                    token,
+                    spec: &spec,
+                    scratch: &scratch,
+                    cgroup: cgroup.as_ref(),
+                };
+                executor::execute(&worker.shared.exec, run, stop_rx, progress_tx).await
+            };
             finished.cancel();
             let _ = reporter.await;
+            let usage = cgroup.as_ref().map(|c| {
+                let u = c.usage();
+                ResourceUsage {
+                    cpu_time_ms: u.cpu_time_ns / 1_000_000,
+                    peak_memory_bytes: u.peak_memory_bytes,
+                }
+            });
+            if let Some(cgroup) = cgroup
+                && let Err(e) = tokio::task::spawn_blocking(move || cgroup.remove())
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
+            {
+                tracing::warn!(job_id, error = %e, "removing the job's cgroup");
+            }
             if let Err(e) = tokio::fs::remove_dir_all(&scratch).await
                 && e.kind() != std::io::ErrorKind::NotFound
             {
@@ -439,7 +550,7 @@ impl Worker {
                 .expect("running lock")
                 .remove(&job_id);
             worker.shared.ledger.release(&job_id);
-            worker.report(&job_id, token, outcome).await;
+            worker.report(&job_id, token, outcome, usage).await;
         });
     }
 
@@ -448,19 +559,18 @@ impl Worker {
     fn hand_back(&self, tracker: &TaskTracker, job_id: String, token: u64, reason: String) {
         let failure = Failure {
             kind: FailureKind::Infrastructure,
+            code: "cannot_run".into(),
             reason,
             stderr_tail: vec![],
         };
         let worker = self.clone();
         tracker.spawn(async move {
             worker
-                .report(&job_id, token, RunOutcome::Failed(failure))
+                .report(&job_id, token, RunOutcome::Failed(failure), None)
                 .await
         });
     }
 
-    /// Sends progress at most every [`PROGRESS_INTERVAL`]; stops the job if
-    /// the master says it was cancelled or the lease is no longer ours.
     /// Sends progress, at most every [`PROGRESS_INTERVAL`] (the first
     /// sample, which moves the job to running, at once); stops the job if
     /// the master says it was cancelled or the lease is no longer ours.
@@ -535,7 +645,13 @@ impl Worker {
 
     /// Reports a job's outcome, retrying while the master is unreachable.
     /// A stale lease ends the attempt: the job is someone else's now.
-    async fn report(&self, job_id: &str, token: u64, outcome: RunOutcome) {
+    async fn report(
+        &self,
+        job_id: &str,
+        token: u64,
+        outcome: RunOutcome,
+        usage: Option<ResourceUsage>,
+    ) {
         let lease = Some(v1::LeaseRef {
             job_id: job_id.to_owned(),
             token,
@@ -549,6 +665,7 @@ impl Worker {
                     let request = v1::CompleteJobRequest {
                         lease: lease.clone(),
                         bandwidth: Some(bandwidth.clone().into()),
+                        usage: usage.map(Into::into),
                     };
                     client
                         .complete_job(with_timeout(request, RPC_TIMEOUT))
@@ -560,6 +677,7 @@ impl Worker {
                         lease: lease.clone(),
                         failure: Some(failure.clone().into()),
                         bandwidth: None,
+                        usage: usage.map(Into::into),
                     };
                     client
                         .fail_job(with_timeout(request, RPC_TIMEOUT))
@@ -577,7 +695,7 @@ impl Worker {
                             "job succeeded"
                         ),
                         RunOutcome::Failed(f) => {
-                            tracing::info!(job_id, kind = f.kind.as_str(), reason = %f.reason, "job failed")
+                            tracing::info!(job_id, kind = f.kind.as_str(), code = %f.code, reason = %f.reason, "job failed")
                         }
                     }
                     return;

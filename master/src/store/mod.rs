@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use ffleet_core::Resources;
-use ffleet_core::report::{Bandwidth, Progress};
+use ffleet_core::report::{Bandwidth, Progress, ResourceUsage};
 use ffleet_core::spec::JobSpec;
 use ffleet_core::state::{Event, JobState, JobStatus, Outcome, RetryPolicy};
 
@@ -34,6 +34,7 @@ pub struct JobRecord {
     pub worker_id: Option<String>,
     pub progress: Option<Progress>,
     pub bandwidth: Option<Bandwidth>,
+    pub usage: Option<ResourceUsage>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub finished_at_ms: Option<i64>,
@@ -90,6 +91,7 @@ pub struct WorkerRecord {
 pub struct Attachments {
     pub progress: Option<Progress>,
     pub bandwidth: Option<Bandwidth>,
+    pub usage: Option<ResourceUsage>,
 }
 
 /// The result of a submission.

@@ -40,7 +40,7 @@ pub const JOB_CHANNEL: &str = "ffleet_job";
 
 const JOB_COLUMNS: &str = "id, idempotency_key, spec, state, attempt, max_attempts, worker_id, \
     lease_token, lease_expires_at_ms, cancel_requested, not_before_ms, failure, progress, \
-    bandwidth, created_at_ms, updated_at_ms, finished_at_ms";
+    bandwidth, usage, created_at_ms, updated_at_ms, finished_at_ms";
 
 pub struct SqlStore {
     dialect: Dialect,
@@ -209,6 +209,9 @@ impl SqlStore {
         if let Some(b) = attachments.bandwidth {
             job.bandwidth = Some(b);
         }
+        if let Some(u) = attachments.usage {
+            job.usage = Some(u);
+        }
         job.finished_at_ms = if status.state.is_final() {
             job.finished_at_ms.or(Some(now_ms))
         } else {
@@ -219,8 +222,8 @@ impl SqlStore {
         sqlx::query(
             "UPDATE jobs SET state = $1, attempt = $2, worker_id = $3, lease_token = $4, \
              lease_expires_at_ms = $5, cancel_requested = $6, not_before_ms = $7, failure = $8, \
-             progress = $9, bandwidth = $10, updated_at_ms = $11, finished_at_ms = $12 \
-             WHERE id = $13",
+             progress = $9, bandwidth = $10, updated_at_ms = $11, finished_at_ms = $12, \
+             usage = $13 WHERE id = $14",
         )
         .bind(status.state.as_str())
         .bind(status.attempt as i64)
@@ -234,6 +237,7 @@ impl SqlStore {
         .bind(job.bandwidth.as_ref().map(json))
         .bind(now_ms)
         .bind(job.finished_at_ms)
+        .bind(job.usage.as_ref().map(json))
         .bind(job.id.clone())
         .execute(&mut **tx)
         .await?;
@@ -310,6 +314,7 @@ fn job_from_row(row: &AnyRow) -> Result<JobRecord> {
     let failure: Option<String> = row.try_get("failure")?;
     let progress: Option<String> = row.try_get("progress")?;
     let bandwidth: Option<String> = row.try_get("bandwidth")?;
+    let usage: Option<String> = row.try_get("usage")?;
     Ok(JobRecord {
         spec: from_json("spec", &row.try_get::<String, _>("spec")?)?,
         idempotency_key: row.try_get("idempotency_key")?,
@@ -325,6 +330,7 @@ fn job_from_row(row: &AnyRow) -> Result<JobRecord> {
         worker_id,
         progress: progress.map(|p| from_json("progress", &p)).transpose()?,
         bandwidth: bandwidth.map(|b| from_json("bandwidth", &b)).transpose()?,
+        usage: usage.map(|u| from_json("usage", &u)).transpose()?,
         created_at_ms: int(row, "created_at_ms")?,
         updated_at_ms: int(row, "updated_at_ms")?,
         finished_at_ms: opt_int(row, "finished_at_ms")?,
