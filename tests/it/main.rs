@@ -5,6 +5,7 @@ mod helpers;
 mod cli;
 mod faults;
 mod http_input;
+mod isolation;
 mod lifecycle;
 mod multi_master;
 mod store_suite;
