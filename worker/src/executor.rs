@@ -398,6 +398,11 @@ async fn encode(
         }
     };
     let wall = started.elapsed();
+    // FFmpeg is gone; whatever it left in its group would hold the pipes
+    // open (and outlive the job).
+    if let Some(pid) = pid {
+        let _ = killpg(pid, Signal::SIGKILL);
+    }
     let out_time_us = progress_task.await.unwrap_or(0);
     let stderr_tail = stderr_task.await.unwrap_or_default();
     let status = exit.map_err(|e| {
