@@ -178,11 +178,7 @@ async fn main() {
 }
 
 async fn connect(master: &str) -> anyhow::Result<JobServiceClient<Channel>> {
-    let url = if master.contains("://") {
-        master.to_owned()
-    } else {
-        format!("http://{master}")
-    };
+    let url = ffleet_proto::master_url(master);
     let channel = Endpoint::from_shared(url.clone())
         .with_context(|| format!("invalid master address {master:?}"))?
         .connect_timeout(Duration::from_secs(5))

@@ -169,11 +169,7 @@ fn cgroup_parent(root: &str, name: &str) -> String {
 }
 
 fn master_client(address: &str) -> Result<WorkerServiceClient<Channel>> {
-    let url = if address.contains("://") {
-        address.to_owned()
-    } else {
-        format!("http://{address}")
-    };
+    let url = ffleet_proto::master_url(address);
     let channel = Endpoint::from_shared(url.clone())
         .map_err(|e| Error::MasterAddress(url.clone(), e.to_string()))?
         .connect_timeout(Duration::from_secs(5))
