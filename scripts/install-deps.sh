@@ -6,6 +6,9 @@ set -euo pipefail
 
 missing=()
 command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
+# The observability tests check rules, dashboards and pages with the real tools.
+command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v prometheus-alertmanager >/dev/null 2>&1 && command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then

@@ -122,6 +122,10 @@ struct SubmitArgs {
     /// e.g. 90s, 10m.
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
+    /// Between SIGTERM and SIGKILL when the job is cancelled or times out
+    /// (default 10s; the worker caps it at its --max-grace).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    grace: Option<Duration>,
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     priority: i32,
     #[arg(long)]
@@ -303,6 +307,7 @@ async fn submit(client: &mut JobServiceClient<Channel>, args: SubmitArgs) -> any
         }),
         resources,
         timeout_ms: args.timeout.map_or(0, |t| t.as_millis() as u64),
+        grace_ms: args.grace.map_or(0, |g| (g.as_millis() as u64).max(1)),
         priority: args.priority,
         max_attempts: args.max_attempts.unwrap_or(0),
         labels,

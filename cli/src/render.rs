@@ -66,6 +66,7 @@ pub fn job_json(job: &v1::Job) -> Value {
             },
             "resources": resources_json(&spec.resources),
             "timeout_ms": spec.timeout_ms,
+            "grace_ms": spec.grace_ms,
             "priority": spec.priority,
             "labels": spec.labels,
         },
@@ -247,23 +248,25 @@ pub fn workers(list: &v1::ListWorkersResponse, as_json: bool) {
             "registered_at_ms": w.registered_at_ms,
             "last_heartbeat_ms": w.last_heartbeat_ms,
             "running_jobs": w.running_jobs,
+            "note": w.note,
         })).collect::<Vec<_>>()}));
     }
     println!(
-        "{:<36}  {:<16}  {:<9}  {:>6}  {:>10}  {:>10}  jobs",
+        "{:<36}  {:<16}  {:<11}  {:>6}  {:>10}  {:>10}  jobs  note",
         "id", "name", "state", "cpu", "memory", "disk"
     );
     for w in &list.workers {
         let c = w.capacity.unwrap_or_default();
         println!(
-            "{:<36}  {:<16}  {:<9}  {:>6}  {:>10}  {:>10}  {}",
+            "{:<36}  {:<16}  {:<11}  {:>6}  {:>10}  {:>10}  {:>4}  {}",
             w.id,
             w.name,
             w.state,
             format_cpu(c.cpu_millis),
             format_size(c.memory_bytes),
             format_size(c.disk_bytes),
-            w.running_jobs.len()
+            w.running_jobs.len(),
+            w.note
         );
     }
 }

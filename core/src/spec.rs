@@ -201,10 +201,24 @@ pub struct JobSpec {
     pub overrides: Overrides,
     pub resources: Resources,
     pub timeout_ms: u64,
+    /// How long FFmpeg gets between SIGTERM and SIGKILL when the job is
+    /// cancelled or times out. Specs stored before it existed get the
+    /// default.
+    #[serde(default = "default_grace_ms")]
+    pub grace_ms: u64,
     pub priority: i32,
     pub max_attempts: u32,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+}
+
+/// The grace period of a job that does not name one.
+pub const DEFAULT_GRACE_MS: u64 = 10_000;
+/// The longest grace period a job may ask for; workers may cap it lower.
+pub const MAX_GRACE_MS: u64 = 10 * 60 * 1000;
+
+fn default_grace_ms() -> u64 {
+    DEFAULT_GRACE_MS
 }
 
 impl JobSpec {
@@ -241,6 +255,7 @@ pub struct SubmittedSpec {
     pub container: Option<String>,
     pub resources: Option<Resources>,
     pub timeout_ms: u64,
+    pub grace_ms: u64,
     pub priority: i32,
     pub max_attempts: u32,
     pub labels: BTreeMap<String, String>,
@@ -339,6 +354,16 @@ pub fn validate(raw: SubmittedSpec, policy: &SpecPolicy) -> Result<JobSpec, Inva
         }
         t => t,
     };
+    let grace_ms = match raw.grace_ms {
+        0 => DEFAULT_GRACE_MS,
+        g if g > MAX_GRACE_MS => {
+            return Err(invalid(
+                "grace",
+                format!("at most {} s", MAX_GRACE_MS / 1000),
+            ));
+        }
+        g => g,
+    };
     let max_attempts = match raw.max_attempts {
         0 => policy.default_max_attempts,
         n if n > MAX_ATTEMPTS => {
@@ -357,6 +382,7 @@ pub fn validate(raw: SubmittedSpec, policy: &SpecPolicy) -> Result<JobSpec, Inva
         overrides,
         resources,
         timeout_ms,
+        grace_ms,
         priority: raw.priority,
         max_attempts,
         labels: raw.labels,
@@ -627,6 +653,7 @@ mod tests {
         assert_eq!(spec.resources, Preset::H264_480p.default_resources());
         assert_eq!(spec.max_attempts, 3);
         assert_eq!(spec.timeout_ms, 3_600_000);
+        assert_eq!(spec.grace_ms, DEFAULT_GRACE_MS);
         assert_eq!(spec.container(), Container::Mp4);
     }
 
@@ -839,6 +866,13 @@ mod tests {
                     ..raw()
                 },
                 "timeout",
+            ),
+            (
+                SubmittedSpec {
+                    grace_ms: MAX_GRACE_MS + 1,
+                    ..raw()
+                },
+                "grace",
             ),
             (
                 SubmittedSpec {

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::grpc::{job_to_wire, status};
 use crate::store::{
     Attachments, Change, JobRecord, LeaseRef, LeaseRequest, Store, Submitted, WorkerRecord,
-    WorkerState,
+    WorkerReport, WorkerState,
 };
 
 /// Sent on `job_changes` when any job may have changed.
@@ -119,26 +119,46 @@ impl Cluster {
         Ok(wire)
     }
 
-    /// Why a queued job waits, when no live worker could ever run it.
-    /// Computed when asked, from the registered workers' capacities, so
+    /// Why a queued job waits, when no live worker could run it now for a
+    /// reason other than being busy: none is big enough, or each big enough
+    /// one is quarantined, draining or short of host memory or disk (as its
+    /// note says). Computed when asked, from the registered workers, so
     /// there is nothing to keep in sync.
     async fn pending_reason(&self, job: &JobRecord) -> Result<String> {
         if job.status.state != ffleet_core::JobState::Queued {
             return Ok(String::new());
         }
         let workers = self.store().workers().await?;
-        let live: Vec<Resources> = workers
+        let live: Vec<&WorkerRecord> = workers
             .iter()
-            .filter(|(w, _)| w.state != WorkerState::Lost)
-            .map(|(w, _)| w.capacity)
+            .map(|(w, _)| w)
+            .filter(|w| w.state != WorkerState::Lost)
             .collect();
         let request = job.spec.resources;
         if live.is_empty() {
             return Ok("no live worker is registered".into());
         }
-        if live.iter().any(|capacity| capacity.fits(&request)) {
-            return Ok(String::new());
+        let big_enough: Vec<&&WorkerRecord> =
+            live.iter().filter(|w| w.capacity.fits(&request)).collect();
+        if !big_enough.is_empty() {
+            let hindered: Vec<String> = big_enough
+                .iter()
+                .filter(|w| w.state != WorkerState::Ready || !w.note.is_empty())
+                .map(|w| match (w.state, w.note.as_str()) {
+                    (WorkerState::Ready, note) => format!("{}: {note}", w.name),
+                    (state, "") => format!("{}: {}", w.name, state.as_str()),
+                    (state, note) => format!("{}: {} ({note})", w.name, state.as_str()),
+                })
+                .collect();
+            if hindered.len() < big_enough.len() {
+                return Ok(String::new());
+            }
+            return Ok(format!(
+                "the workers big enough for this job cannot take it now: {}",
+                hindered.join("; ")
+            ));
         }
+        let live: Vec<Resources> = live.iter().map(|w| w.capacity).collect();
         let largest = live.iter().fold(Resources::ZERO, |acc, c| Resources {
             cpu_millis: acc.cpu_millis.max(c.cpu_millis),
             memory_bytes: acc.memory_bytes.max(c.memory_bytes),
@@ -262,6 +282,7 @@ impl Cluster {
             state: WorkerState::Ready,
             registered_at_ms: now,
             last_heartbeat_ms: now,
+            note: String::new(),
         };
         self.store().register_worker(&worker).await?;
         tracing::info!(worker_id = %id, name = %worker.name, capacity = %capacity, "worker registered");
@@ -275,7 +296,7 @@ impl Cluster {
         &self,
         worker_id: &str,
         leases: &[LeaseRef],
-        draining: bool,
+        report: &WorkerReport,
         pending_acquire: Option<(u64, Resources)>,
     ) -> Result<(Vec<LeaseRef>, bool)> {
         if let Some((seq, free)) = pending_acquire {
@@ -290,15 +311,23 @@ impl Cluster {
         let now = now_ms();
         let before = self
             .store()
-            .heartbeat_worker(worker_id, draining, now)
+            .heartbeat_worker(worker_id, report, now)
             .await?;
         let expires = now + self.inner.config.lease_ttl.as_millis() as i64;
         let revoked = self.store().renew(worker_id, leases, expires).await?;
         let reregister = matches!(before, None | Some(WorkerState::Lost));
-        if draining && before == Some(WorkerState::Ready) {
-            tracing::info!(worker_id, "worker draining");
+        let stops_taking_work = report.draining || report.quarantined;
+        if stops_taking_work && before == Some(WorkerState::Ready) {
+            if report.draining {
+                tracing::info!(worker_id, "worker draining");
+            } else {
+                tracing::warn!(worker_id, note = %report.note, "worker quarantined itself");
+            }
             // End its pending AcquireJobs now rather than at the deadline.
             self.inner.work_available.notify_waiters();
+        }
+        if !report.quarantined && before == Some(WorkerState::Quarantined) {
+            tracing::info!(worker_id, "worker out of quarantine");
         }
         if reregister {
             tracing::info!(
@@ -360,7 +389,9 @@ impl Cluster {
             // waits here gets its answer at once (its heartbeat wakes us).
             match self.store().worker(worker_id).await? {
                 Some(w) if w.state == WorkerState::Ready => {}
-                Some(w) if w.state == WorkerState::Draining => return Ok(vec![]),
+                Some(w) if matches!(w.state, WorkerState::Draining | WorkerState::Quarantined) => {
+                    return Ok(vec![]);
+                }
                 _ => return Err(Error::UnknownWorker(worker_id.to_owned())),
             }
             let now = now_ms();

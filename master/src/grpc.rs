@@ -14,7 +14,9 @@ use tonic::{Request, Response, Status};
 
 use crate::cluster::Cluster;
 use crate::error::Error;
-use crate::store::{Attachments, JobRecord, LeaseRef, TransitionRecord, WorkerRecord};
+use crate::store::{
+    Attachments, JobRecord, LeaseRef, TransitionRecord, WorkerRecord, WorkerReport,
+};
 
 /// The one conversion from master errors to gRPC statuses.
 pub fn status(err: Error) -> Status {
@@ -101,6 +103,7 @@ fn worker_to_wire(w: WorkerRecord, jobs: Vec<String>) -> v1::Worker {
         registered_at_ms: w.registered_at_ms,
         last_heartbeat_ms: w.last_heartbeat_ms,
         running_jobs: jobs,
+        note: w.note,
     }
 }
 
@@ -237,10 +240,15 @@ impl WorkerService for Cluster {
                 token: l.token,
             })
             .collect();
+        let report = WorkerReport {
+            draining: req.draining,
+            quarantined: req.quarantined,
+            note: req.note,
+        };
         let pending =
             (req.acquire_seq != 0).then(|| (req.acquire_seq, req.free.unwrap_or_default().into()));
         let (revoked, reregister) = self
-            .heartbeat(&req.worker_id, &leases, req.draining, pending)
+            .heartbeat(&req.worker_id, &leases, &report, pending)
             .await
             .map_err(status)?;
         Ok(Response::new(v1::HeartbeatResponse {

@@ -10,7 +10,7 @@ use ffleet_telemetry::LogFormat;
 
 /// The ffleet master: stores jobs, leases them to workers, serves gRPC.
 #[derive(Parser, Debug)]
-#[command(name = "ffleet-master", version)]
+#[command(name = "ffleet-master", version, args_override_self = true)]
 struct Args {
     /// Address the gRPC server listens on.
     #[arg(long, env = "FFLEET_LISTEN", default_value = "127.0.0.1:7700")]

@@ -182,6 +182,7 @@ impl From<v1::JobSpec> for SubmittedSpec {
             container: o.container,
             resources: s.resources.map(Into::into),
             timeout_ms: s.timeout_ms,
+            grace_ms: s.grace_ms,
             priority: s.priority,
             max_attempts: s.max_attempts,
             labels: s.labels.into_iter().collect(),
@@ -204,6 +205,7 @@ impl From<JobSpec> for v1::JobSpec {
             }),
             resources: Some(s.resources.into()),
             timeout_ms: s.timeout_ms,
+            grace_ms: s.grace_ms,
             priority: s.priority,
             max_attempts: s.max_attempts,
             labels: s.labels.into_iter().collect(),
@@ -239,6 +241,7 @@ pub fn leased_spec(s: v1::JobSpec) -> Result<JobSpec, String> {
             .map(Into::into)
             .unwrap_or_else(|| preset.default_resources()),
         timeout_ms: s.timeout_ms,
+        grace_ms: s.grace_ms,
         priority: s.priority,
         max_attempts: s.max_attempts,
         labels: s.labels.into_iter().collect(),

@@ -59,10 +59,7 @@ async fn cancelling_a_running_job_stops_ffmpeg_and_leaves_no_output() -> anyhow:
         spec(&clip(60, "320x240"), "cancel.mp4", "h264-1080p"),
     )
     .await?;
-    let live = watch_until(&mut client, &job.id, Duration::from_secs(30), |j| {
-        running(j) && j.progress.is_some_and(|p| p.out_time_us > 0)
-    })
-    .await?;
+    let live = wait_encoding(&mut client, &job.id).await?;
     let temp = temp_name("cancel.mp4", live.lease_token);
     assert!(
         !processes_mentioning(&temp).is_empty(),
@@ -76,7 +73,7 @@ async fn cancelling_a_running_job_stops_ffmpeg_and_leaves_no_output() -> anyhow:
     let done = wait_final(&mut client, &job.id, Duration::from_secs(20)).await?;
     let took = asked.elapsed();
     assert_eq!(state_of(&done), JobState::Cancelled, "{done:?}");
-    // Within the worker's 5 s grace, plus one progress interval of delivery.
+    // Within the worker's 5 s maximum grace, plus one progress interval of delivery.
     assert!(took < Duration::from_secs(7), "cancel took {took:?}");
     assert!(
         processes_mentioning(&temp).is_empty(),

@@ -224,14 +224,51 @@ impl Cluster {
         masters: &[String],
         extra: &[&str],
     ) -> anyhow::Result<usize> {
+        self.launch_worker(name, masters, extra, None).await
+    }
+
+    /// Starts a worker of the (first) master inside the cgroup at
+    /// `cgroup` (relative to the hierarchy roots), as if in a container:
+    /// it enters through the worker's own `confine` trampoline.
+    pub async fn spawn_worker_in_cgroup(
+        &mut self,
+        name: &str,
+        cgroup: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<usize> {
+        let masters = [self.master.url.clone()];
+        self.launch_worker(name, &masters, extra, Some(cgroup))
+            .await
+    }
+
+    async fn launch_worker(
+        &mut self,
+        name: &str,
+        masters: &[String],
+        extra: &[&str],
+        cgroup: Option<&str>,
+    ) -> anyhow::Result<usize> {
         let work_dir = self.dir().join(format!("work-{name}"));
         let log = std::fs::File::create(self.dir().join(format!("worker-{name}.log")))?;
-        let child = Command::new(bin("ffleet-worker"))
+        let mut command = Command::new(bin("ffleet-worker"));
+        if let Some(cgroup) = cgroup {
+            command
+                .args(["confine", "--cgroup", cgroup, "--"])
+                .arg(bin("ffleet-worker"));
+        }
+        let child = command
             .args(["--master", &masters.join(","), "--name", name])
             .arg("--work-dir")
             .arg(&work_dir)
             .args([
-                "--cpu", "2", "--memory", "4G", "--disk", "20G", "--grace", "5s",
+                "--cpu",
+                "2",
+                "--memory",
+                "4G",
+                "--disk",
+                "20G",
+                "--max-grace",
+                "5s",
             ])
             .args(["--cgroup-parent", &self.cgroup_parent()])
             .args(extra)
@@ -485,6 +522,17 @@ pub async fn watch_until(
     tokio::time::timeout(limit, follow)
         .await
         .with_context(|| format!("job {id}: condition not met within {limit:?}"))?
+}
+
+/// Waits until FFmpeg is encoding `id`: running, with progress made.
+pub async fn wait_encoding(
+    client: &mut JobServiceClient<Channel>,
+    id: &str,
+) -> anyhow::Result<v1::Job> {
+    watch_until(client, id, Duration::from_secs(30), |j| {
+        state_of(j) == JobState::Running && j.progress.is_some_and(|p| p.out_time_us > 0)
+    })
+    .await
 }
 
 pub async fn wait_final(

@@ -12,7 +12,7 @@ use ffleet_master::Error;
 use ffleet_master::migrate::{self, MigrationState};
 use ffleet_master::store::{
     self, Attachments, Change, DbOptions, LeaseRef, LeaseRequest, SqlStore, Store, Submitted,
-    WorkerRecord, WorkerState,
+    WorkerRecord, WorkerReport, WorkerState,
 };
 
 use crate::helpers::{Backend, fresh_database};
@@ -367,27 +367,62 @@ pub async fn workers_register_heartbeat_and_get_lost(db: &TestDb) -> anyhow::Res
         state: WorkerState::Ready,
         registered_at_ms: 1,
         last_heartbeat_ms: 1,
+        note: String::new(),
+    };
+    let ready = WorkerReport::default();
+    let quarantined = WorkerReport {
+        quarantined: true,
+        note: "quarantined: disk_full x3".into(),
+        ..WorkerReport::default()
+    };
+    let draining = WorkerReport {
+        draining: true,
+        ..WorkerReport::default()
     };
     store.register_worker(&worker).await?;
     assert_eq!(store.worker("w1").await?.unwrap(), worker);
     assert_eq!(
-        store.heartbeat_worker("w1", false, 100).await?,
+        store.heartbeat_worker("w1", &ready, 100).await?,
         Some(WorkerState::Ready)
     );
-    assert_eq!(store.heartbeat_worker("nobody", false, 100).await?, None);
+    assert_eq!(store.heartbeat_worker("nobody", &ready, 100).await?, None);
+
+    // Quarantine comes and goes with the reports, note and all.
+    assert_eq!(
+        store.heartbeat_worker("w1", &quarantined, 110).await?,
+        Some(WorkerState::Ready)
+    );
+    let w = store.worker("w1").await?.unwrap();
+    assert_eq!(
+        (w.state, w.note.as_str()),
+        (WorkerState::Quarantined, "quarantined: disk_full x3")
+    );
+    assert_eq!(
+        store.heartbeat_worker("w1", &ready, 120).await?,
+        Some(WorkerState::Quarantined)
+    );
+    let w = store.worker("w1").await?.unwrap();
+    assert_eq!((w.state, w.note.as_str()), (WorkerState::Ready, ""));
+
     assert_eq!(store.mark_lost_workers(50).await?, Vec::<String>::new());
     assert_eq!(store.mark_lost_workers(200).await?, vec!["w1".to_owned()]);
     // Lost stays lost, whatever it says, until it registers again.
     assert_eq!(
-        store.heartbeat_worker("w1", false, 300).await?,
+        store.heartbeat_worker("w1", &ready, 300).await?,
         Some(WorkerState::Lost)
     );
     assert_eq!(store.worker("w1").await?.unwrap().state, WorkerState::Lost);
     store.register_worker(&worker).await?;
     assert_eq!(
-        store.heartbeat_worker("w1", true, 400).await?,
+        store.heartbeat_worker("w1", &draining, 400).await?,
         Some(WorkerState::Ready)
     );
+    assert_eq!(
+        store.worker("w1").await?.unwrap().state,
+        WorkerState::Draining
+    );
+    // Draining is final until it registers again, quarantine or not.
+    store.heartbeat_worker("w1", &quarantined, 410).await?;
     assert_eq!(
         store.worker("w1").await?.unwrap().state,
         WorkerState::Draining
@@ -444,15 +479,15 @@ pub async fn migrations_go_down_and_up_keeping_data(db: &TestDb) -> anyhow::Resu
     use MigrationState::{Applied, Pending};
     assert_eq!(
         migrate::down(&db.url, None).await?,
-        vec![3],
+        vec![4],
         "down reverts the latest"
     );
-    assert_eq!(migrate::down(&db.url, Some(1)).await?, vec![2]);
+    assert_eq!(migrate::down(&db.url, Some(1)).await?, vec![3, 2]);
     assert_eq!(
         status(db.url.clone()).await?,
-        [(1, Applied), (2, Pending), (3, Pending)]
+        [(1, Applied), (2, Pending), (3, Pending), (4, Pending)]
     );
-    assert_eq!(migrate::up(&db.url).await?, vec![2, 3]);
+    assert_eq!(migrate::up(&db.url).await?, vec![2, 3, 4]);
     let store = db.open().await?;
     let kept = store
         .job("kept")
@@ -460,10 +495,10 @@ pub async fn migrations_go_down_and_up_keeping_data(db: &TestDb) -> anyhow::Resu
         .expect("data survives the later migrations' down and up");
     assert_eq!(kept.spec.priority, 3);
     drop(store);
-    assert_eq!(migrate::down(&db.url, Some(0)).await?, vec![3, 2, 1]);
+    assert_eq!(migrate::down(&db.url, Some(0)).await?, vec![4, 3, 2, 1]);
     assert_eq!(
         status(db.url.clone()).await?,
-        [(1, Pending), (2, Pending), (3, Pending)]
+        [(1, Pending), (2, Pending), (3, Pending), (4, Pending)]
     );
     let store = db.open().await?;
     assert!(
@@ -477,7 +512,7 @@ pub async fn schema_mismatches_are_refused(db: &TestDb) -> anyhow::Result<()> {
     // Behind: --no-migrate refuses a database that lacks migrations.
     let behind = store::open(&DbOptions::new(db.url.clone()), false).await;
     assert!(
-        matches!(behind, Err(Error::SchemaBehind { ref pending }) if pending == &[1, 2, 3]),
+        matches!(behind, Err(Error::SchemaBehind { ref pending }) if pending == &[1, 2, 3, 4]),
         "{:?}",
         behind.err()
     );
@@ -501,7 +536,7 @@ pub async fn schema_mismatches_are_refused(db: &TestDb) -> anyhow::Result<()> {
             ahead,
             Err(Error::SchemaTooNew {
                 database: 9_999,
-                known: 3
+                known: 4
             })
         ),
         "{:?}",

@@ -34,8 +34,8 @@ pub struct ExecConfig {
     pub ffprobe: PathBuf,
     /// This worker's own executable, run as the `confine` trampoline.
     pub confine_exe: PathBuf,
-    /// Between SIGTERM and SIGKILL.
-    pub grace: Duration,
+    /// The longest grace between SIGTERM and SIGKILL any job may ask for.
+    pub max_grace: Duration,
     pub probe_timeout: Duration,
     /// Largest http/https input the worker downloads.
     pub max_download_bytes: u64,
@@ -43,6 +43,13 @@ pub struct ExecConfig {
     /// Benchmarks only: report a start and succeed at once, without FFmpeg,
     /// to measure the control plane alone.
     pub noop: bool,
+}
+
+impl ExecConfig {
+    /// The job's own grace period, capped by the worker's maximum.
+    pub fn grace_for(&self, spec: &JobSpec) -> Duration {
+        Duration::from_millis(spec.grace_ms).min(self.max_grace)
+    }
 }
 
 /// Why a job is being stopped from outside.
@@ -53,7 +60,7 @@ pub enum StopReason {
     /// The worker is shutting down and hands the job back.
     Drain,
     /// The host fell below the worker's memory floor; the newest job goes.
-    MemoryGuard,
+    MemoryGuard { available: u64, floor: u64 },
 }
 
 /// How a run ended.
@@ -145,11 +152,14 @@ fn interrupted(why: Interrupted, how: Stopped, timeout: Duration, grace: Duratio
             format!("worker shutting down; job handed back{how_text}"),
             vec![],
         ),
-        Interrupted::Stop(StopReason::MemoryGuard) => failure(
+        Interrupted::Stop(StopReason::MemoryGuard { available, floor }) => failure(
             FailureKind::Infrastructure,
             "memory_guard",
             format!(
-                "the host fell below the worker's memory floor; the newest job was stopped{how_text}"
+                "the host's available memory ({}) fell below the worker's memory floor ({}); \
+                 the newest job was stopped{how_text}",
+                format_size(available),
+                format_size(floor)
             ),
             vec![],
         ),
@@ -212,7 +222,8 @@ pub async fn execute(
     }
     let timeout = Duration::from_millis(run.spec.timeout_ms);
     let deadline = Instant::now() + timeout;
-    let stop_early = |why| interrupted(why, Stopped::BeforeStart, timeout, config.grace);
+    let grace = config.grace_for(run.spec);
+    let stop_early = |why| interrupted(why, Stopped::BeforeStart, timeout, grace);
     if let Err(e) = tokio::fs::create_dir_all(run.scratch).await {
         return io_failure(
             format!("creating scratch dir {}", run.scratch.display()),
@@ -391,10 +402,11 @@ async fn encode(
     let exit = match exit {
         Ok(status) => status,
         Err(why) => {
-            let how = terminate(&mut child, pid, config.grace, run.job_id).await;
+            let grace = config.grace_for(run.spec);
+            let how = terminate(&mut child, pid, grace, run.job_id).await;
             let _ = progress_task.await;
             let _ = stderr_task.await;
-            return Err(interrupted(why, how, timeout, config.grace));
+            return Err(interrupted(why, how, timeout, grace));
         }
     };
     let wall = started.elapsed();

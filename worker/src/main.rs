@@ -48,9 +48,10 @@ struct Args {
     ffmpeg: PathBuf,
     #[arg(long, default_value = "ffprobe")]
     ffprobe: PathBuf,
-    /// Between SIGTERM and SIGKILL when stopping FFmpeg.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    grace: Duration,
+    /// The longest grace between SIGTERM and SIGKILL a job may ask for
+    /// (each job sets its own, 10 s by default).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    max_grace: Duration,
     /// On SIGTERM, how long running jobs may finish before they are handed back.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
@@ -79,6 +80,18 @@ struct Args {
     /// Most processes and threads one job may have (its pids limit).
     #[arg(long, default_value_t = 512)]
     pids_limit: u32,
+    /// Host memory to keep free (cgroup-aware): jobs are accepted only into
+    /// memory above it, and when the host drops below it anyway the newest
+    /// job is stopped. 0 turns the guard off.
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    memory_floor: u64,
+    /// Stop taking jobs after this many worker-side failures in a row
+    /// (disk full, spawn or cgroup failures; not bad input). 0: never.
+    #[arg(long, default_value_t = 3)]
+    quarantine_after: u32,
+    /// How long a quarantine lasts before the worker tries again.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    quarantine_cooldown: Duration,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -144,7 +157,7 @@ async fn run() -> anyhow::Result<()> {
         labels: args.labels.into_iter().collect(),
         ffmpeg: args.ffmpeg,
         ffprobe: args.ffprobe,
-        grace: args.grace,
+        max_grace: args.max_grace,
         drain_timeout: args.drain_timeout,
         max_download_bytes: args.max_download,
         download_timeout: args.download_timeout,
@@ -153,6 +166,9 @@ async fn run() -> anyhow::Result<()> {
         cgroups: args.cgroups,
         cgroup_parent: args.cgroup_parent,
         pids_limit: args.pids_limit,
+        memory_floor: args.memory_floor,
+        quarantine_after: args.quarantine_after,
+        quarantine_cooldown: args.quarantine_cooldown,
     };
     let worker = options
         .build(shutdown)

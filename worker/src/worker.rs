@@ -1,15 +1,17 @@
-//! `WorkerOptions -> build() -> run()`: register, then three loops sharing
+//! `WorkerOptions -> build() -> run()`: register, then four loops sharing
 //! one shutdown signal. Acquire (a long poll, woken early when a local job
-//! frees resources), heartbeat, and one task per running job.
+//! frees resources), heartbeat, the memory-floor guard, and one task per
+//! running job.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ffleet_core::Resources;
 use ffleet_core::report::{Progress, ResourceUsage};
+use ffleet_core::resources::format_size;
 use ffleet_core::state::{Failure, FailureKind};
 use ffleet_proto::convert::leased_spec;
 use ffleet_proto::v1::{self, worker_service_client::WorkerServiceClient};
@@ -19,10 +21,12 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request};
 
+use crate::breaker::Breaker;
 use crate::capacity;
 use crate::cgroup::{CgroupMode, Cgroups};
 use crate::error::{Error, Result};
 use crate::executor::{self, ExecConfig, JobRun, RunOutcome, StopReason};
+use crate::host::Host;
 use crate::ledger::Ledger;
 
 /// How long one AcquireJobs call may wait at the master.
@@ -31,6 +35,12 @@ const ACQUIRE_WAIT: Duration = Duration::from_secs(30);
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
 /// Unary calls give up after this.
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// While the host, not the ledger, limits what the worker offers (or it is
+/// quarantined), it looks again this often: host memory and disk change
+/// without any local job ending.
+const HOST_RECHECK: Duration = Duration::from_secs(1);
+/// How often the memory-floor guard reads the host's free memory.
+const MEMORY_GUARD_INTERVAL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -45,7 +55,8 @@ pub struct WorkerOptions {
     pub labels: BTreeMap<String, String>,
     pub ffmpeg: PathBuf,
     pub ffprobe: PathBuf,
-    pub grace: Duration,
+    /// The longest SIGTERM-to-SIGKILL grace a job may ask for.
+    pub max_grace: Duration,
     pub drain_timeout: Duration,
     pub max_download_bytes: u64,
     pub download_timeout: Duration,
@@ -57,6 +68,12 @@ pub struct WorkerOptions {
     pub cgroup_parent: String,
     /// Most processes and threads one job may have.
     pub pids_limit: u32,
+    /// Host memory kept free: admission offers only what lies above it, and
+    /// below it the newest job is stopped. 0 turns both off.
+    pub memory_floor: u64,
+    /// Quarantine after this many worker-side failures in a row (0: never).
+    pub quarantine_after: u32,
+    pub quarantine_cooldown: Duration,
 }
 
 impl WorkerOptions {
@@ -123,7 +140,7 @@ impl WorkerOptions {
             confine_exe: std::env::current_exe()?,
             ffmpeg: self.ffmpeg.clone(),
             ffprobe: self.ffprobe.clone(),
-            grace: self.grace,
+            max_grace: self.max_grace,
             probe_timeout: Duration::from_secs(30),
             max_download_bytes: self.max_download_bytes,
             http,
@@ -134,12 +151,18 @@ impl WorkerOptions {
                 masters,
                 current_master: AtomicUsize::new(0),
                 ledger: Ledger::new(capacity),
+                host: Host::detect(&self.work_dir),
+                breaker: Mutex::new(Breaker::new(
+                    self.quarantine_after,
+                    self.quarantine_cooldown,
+                )),
                 exec,
                 cgroups,
                 jobs_dir,
                 running: Mutex::new(HashMap::new()),
                 pending_acquire: AtomicU64::new(0),
                 identity: Mutex::new(Identity::default()),
+                master_sees_quarantine: AtomicBool::new(false),
                 ffmpeg_version,
                 options: self,
                 shutdown,
@@ -204,6 +227,18 @@ struct Identity {
 struct RunningJob {
     token: u64,
     stop: watch::Sender<Option<StopReason>>,
+    /// The memory guard stops the newest job first.
+    started: Instant,
+}
+
+/// What the worker offers the master right now.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Offer {
+    free: Resources,
+    quarantined: bool,
+    /// For operators: what cut the offer below the ledger's free
+    /// resources, or why the worker is quarantined. Empty when nothing did.
+    note: String,
 }
 
 struct Shared {
@@ -211,6 +246,8 @@ struct Shared {
     /// Index into `masters` of the one in use.
     current_master: AtomicUsize,
     ledger: Ledger,
+    host: Host,
+    breaker: Mutex<Breaker>,
     exec: ExecConfig,
     cgroups: Option<Cgroups>,
     jobs_dir: PathBuf,
@@ -218,6 +255,8 @@ struct Shared {
     /// The sequence number of the pending AcquireJobs, 0 when none.
     pending_acquire: AtomicU64,
     identity: Mutex<Identity>,
+    /// The last heartbeat told the master we are quarantined.
+    master_sees_quarantine: AtomicBool,
     ffmpeg_version: String,
     options: WorkerOptions,
     /// SIGTERM: stop acquiring, drain.
@@ -283,6 +322,7 @@ impl Worker {
         self.register_until_done().await?;
         let tracker = TaskTracker::new();
         let heartbeat = tokio::spawn(self.clone().heartbeat_loop());
+        let guard = tokio::spawn(self.clone().memory_guard_loop());
         self.acquire_loop(&tracker).await;
 
         // Drain: let running jobs finish up to the deadline, then hand back
@@ -305,6 +345,7 @@ impl Worker {
         }
         s.draining.cancel();
         let _ = heartbeat.await;
+        let _ = guard.await;
         tracing::info!("worker stopped");
         Ok(())
     }
@@ -364,7 +405,15 @@ impl Worker {
             let released = s.ledger.next_release();
             tokio::pin!(released);
             released.as_mut().enable();
-            let free = s.ledger.free();
+            let offer = self.offer();
+            // Coming out of quarantine, the master must hear it before it
+            // places anything here again.
+            if s.master_sees_quarantine.load(Ordering::SeqCst) && !offer.quarantined {
+                tracing::info!("quarantine over; taking jobs again");
+                self.heartbeat_once(false).await;
+            }
+            let free = offer.free;
+            let host_limited = offer.quarantined || !offer.note.is_empty();
             let slots = s.options.max_jobs as usize
                 - s.running
                     .lock()
@@ -372,9 +421,11 @@ impl Worker {
                     .len()
                     .min(s.options.max_jobs as usize);
             if free.zero_axis().is_some() || slots == 0 {
-                // Full: nothing can fit until a job ends.
+                // Full: nothing can fit until a job ends, or, when the host
+                // or the quarantine is what limits us, until that changes.
                 tokio::select! {
                     _ = &mut released => continue,
+                    _ = tokio::time::sleep(HOST_RECHECK), if host_limited => continue,
                     _ = s.shutdown.cancelled() => break,
                 }
             }
@@ -458,6 +509,7 @@ impl Worker {
             RunningJob {
                 token,
                 stop: stop_tx,
+                started: Instant::now(),
             },
         );
         tracing::info!(
@@ -546,6 +598,7 @@ impl Worker {
                 .expect("running lock")
                 .remove(&job_id);
             worker.shared.ledger.release(&job_id);
+            worker.count_for_quarantine(&outcome).await;
             worker.report(&job_id, token, outcome, usage).await;
         });
     }
@@ -709,6 +762,130 @@ impl Worker {
         }
     }
 
+    /// What to offer the master: the ledger's free resources cut to what
+    /// the host really has (memory above the floor, free scratch disk), and
+    /// nothing while quarantined.
+    fn offer(&self) -> Offer {
+        let s = &self.shared;
+        let now = Instant::now();
+        {
+            let breaker = s.breaker.lock().expect("breaker lock");
+            if let Some(until) = breaker.open_until(now) {
+                let left = Duration::from_secs((until - now).as_secs() + 1);
+                return Offer {
+                    free: Resources::ZERO,
+                    quarantined: true,
+                    note: format!(
+                        "{}; taking jobs again in {}",
+                        breaker.reason(),
+                        humantime::format_duration(left)
+                    ),
+                };
+            }
+        }
+        let mut free = s.ledger.free();
+        let capacity = s.ledger.capacity();
+        let mut notes = vec![];
+        // The cut always applies; the note only when it is more than noise
+        // (MemAvailable and free space move by megabytes all the time, and
+        // the default capacity is the host's total).
+        let noticeable = |ledger: u64, host: u64, capacity: u64| {
+            ledger.saturating_sub(host) > (capacity / 50).max(64 << 20)
+        };
+        if let Some(available) = s.host.available_memory() {
+            let floor = s.options.memory_floor;
+            let usable = available.saturating_sub(floor);
+            if noticeable(free.memory_bytes, usable, capacity.memory_bytes) {
+                notes.push(format!(
+                    "host memory: {} available above the {} floor",
+                    format_size(usable),
+                    format_size(floor)
+                ));
+            }
+            free.memory_bytes = free.memory_bytes.min(usable);
+        }
+        if let Some(disk) = s.host.free_disk() {
+            if noticeable(free.disk_bytes, disk, capacity.disk_bytes) {
+                notes.push(format!("scratch disk: {} free", format_size(disk)));
+            }
+            free.disk_bytes = free.disk_bytes.min(disk);
+        }
+        Offer {
+            free,
+            quarantined: false,
+            note: notes.join("; "),
+        }
+    }
+
+    /// Feeds a finished job to the circuit breaker; when it opens, the
+    /// master hears at once (ending any pending AcquireJobs).
+    async fn count_for_quarantine(&self, outcome: &RunOutcome) {
+        let failure = match outcome {
+            RunOutcome::Succeeded(_) => None,
+            RunOutcome::Failed(f) => Some(f),
+        };
+        let opened = {
+            let mut breaker = self.shared.breaker.lock().expect("breaker lock");
+            breaker
+                .record(failure, Instant::now())
+                .then(|| breaker.reason())
+        };
+        if let Some(reason) = opened {
+            tracing::warn!(
+                %reason,
+                cooldown_s = self.shared.options.quarantine_cooldown.as_secs(),
+                "worker quarantined: not taking jobs for the cool-down"
+            );
+            self.heartbeat_once(false).await;
+        }
+    }
+
+    /// The OOM guard: when the host's available memory falls below the
+    /// floor anyway (something outside the ledger grew), stop the newest
+    /// job and say why. One at a time: the next only once the last is gone
+    /// and memory is still short.
+    async fn memory_guard_loop(self) {
+        let s = &self.shared;
+        let floor = s.options.memory_floor;
+        if floor == 0 {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = s.draining.cancelled() => return,
+                _ = tokio::time::sleep(MEMORY_GUARD_INTERVAL) => {}
+            }
+            let Some(available) = s.host.available_memory() else {
+                continue;
+            };
+            if available >= floor {
+                continue;
+            }
+            let running = s.running.lock().expect("running lock");
+            let guard_stop_pending = running
+                .values()
+                .any(|job| matches!(*job.stop.borrow(), Some(StopReason::MemoryGuard { .. })));
+            if guard_stop_pending {
+                continue;
+            }
+            let newest = running
+                .iter()
+                .filter(|(_, job)| job.stop.borrow().is_none())
+                .max_by_key(|(_, job)| job.started);
+            if let Some((job_id, job)) = newest {
+                tracing::warn!(
+                    job_id,
+                    available_bytes = available,
+                    floor_bytes = floor,
+                    "host memory below the floor: stopping the newest job"
+                );
+                let _ = job
+                    .stop
+                    .send(Some(StopReason::MemoryGuard { available, floor }));
+            }
+        }
+    }
+
     async fn heartbeat_loop(self) {
         loop {
             let interval = self.identity().heartbeat_interval;
@@ -739,16 +916,21 @@ impl Worker {
                 })
                 .collect()
         };
+        let offer = self.offer();
         let request = v1::HeartbeatRequest {
             worker_id: self.identity().worker_id,
             leases,
-            free: Some(s.ledger.free().into()),
+            free: Some(offer.free.into()),
             draining: s.shutdown.is_cancelled(),
             acquire_seq: s.pending_acquire.load(Ordering::SeqCst),
+            quarantined: offer.quarantined,
+            note: offer.note,
         };
         let (master, mut client) = self.master();
         match client.heartbeat(with_timeout(request, RPC_TIMEOUT)).await {
             Ok(reply) => {
+                s.master_sees_quarantine
+                    .store(offer.quarantined, Ordering::SeqCst);
                 let reply = reply.into_inner();
                 for lease in reply.revoked {
                     tracing::info!(job_id = %lease.job_id, token = lease.token, "lease revoked by master");

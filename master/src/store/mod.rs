@@ -55,6 +55,8 @@ pub struct TransitionRecord {
 pub enum WorkerState {
     Ready,
     Draining,
+    /// Its circuit breaker is open: it takes no work for a cool-down.
+    Quarantined,
     Lost,
 }
 
@@ -63,14 +65,20 @@ impl WorkerState {
         match self {
             WorkerState::Ready => "ready",
             WorkerState::Draining => "draining",
+            WorkerState::Quarantined => "quarantined",
             WorkerState::Lost => "lost",
         }
     }
 
     pub fn parse(s: &str) -> Option<WorkerState> {
-        [WorkerState::Ready, WorkerState::Draining, WorkerState::Lost]
-            .into_iter()
-            .find(|w| w.as_str() == s)
+        [
+            WorkerState::Ready,
+            WorkerState::Draining,
+            WorkerState::Quarantined,
+            WorkerState::Lost,
+        ]
+        .into_iter()
+        .find(|w| w.as_str() == s)
     }
 }
 
@@ -84,6 +92,29 @@ pub struct WorkerRecord {
     pub state: WorkerState,
     pub registered_at_ms: i64,
     pub last_heartbeat_ms: i64,
+    /// What the worker last said about its health; empty when all is well.
+    pub note: String,
+}
+
+/// What a worker says of itself in a heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerReport {
+    pub draining: bool,
+    pub quarantined: bool,
+    pub note: String,
+}
+
+impl WorkerReport {
+    /// The state this report puts a live worker in. Draining is final:
+    /// only a new registration makes a draining worker ready again.
+    fn state_after(&self, before: WorkerState) -> WorkerState {
+        match before {
+            WorkerState::Lost | WorkerState::Draining => before,
+            _ if self.draining => WorkerState::Draining,
+            _ if self.quarantined => WorkerState::Quarantined,
+            _ => WorkerState::Ready,
+        }
+    }
 }
 
 /// What a worker's report brings along with a state event.
@@ -208,13 +239,13 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts or refreshes a worker; it becomes ready.
     async fn register_worker(&self, worker: &WorkerRecord) -> Result<()>;
 
-    /// Records a heartbeat; returns the worker's state before it, `None` for
-    /// a worker the master does not know. A lost worker stays lost until it
-    /// registers again.
+    /// Records a heartbeat and what the worker reports of itself; returns
+    /// the worker's state before it, `None` for a worker the master does not
+    /// know. A lost worker stays lost until it registers again.
     async fn heartbeat_worker(
         &self,
         id: &str,
-        draining: bool,
+        report: &WorkerReport,
         now_ms: i64,
     ) -> Result<Option<WorkerState>>;
 

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::dialect::{DbOptions, Dialect};
 use super::{
     Attachments, Change, JobRecord, LeaseRef, LeaseRequest, PoolStats, Store, Submitted,
-    TransitionRecord, WorkerRecord, WorkerState, from_json, json,
+    TransitionRecord, WorkerRecord, WorkerReport, WorkerState, from_json, json,
 };
 use crate::error::{Error, Result};
 
@@ -354,6 +354,7 @@ fn worker_from_row(row: &AnyRow) -> Result<WorkerRecord> {
             .ok_or_else(|| Error::Corrupt(format!("unknown worker state {state:?}")))?,
         registered_at_ms: int(row, "registered_at_ms")?,
         last_heartbeat_ms: int(row, "last_heartbeat_ms")?,
+        note: row.try_get("note")?,
     })
 }
 
@@ -365,7 +366,7 @@ fn lease_ref_from_row(row: &AnyRow) -> Result<LeaseRef> {
 }
 
 const WORKER_COLUMNS: &str = "id, name, cpu_millis, memory_bytes, disk_bytes, labels, \
-    ffmpeg_version, state, registered_at_ms, last_heartbeat_ms";
+    ffmpeg_version, state, registered_at_ms, last_heartbeat_ms, note";
 
 #[async_trait]
 impl Store for SqlStore {
@@ -687,13 +688,13 @@ impl Store for SqlStore {
         let mut conn = self.write().await?;
         sqlx::query(
             "INSERT INTO workers (id, name, cpu_millis, memory_bytes, disk_bytes, labels, \
-             ffmpeg_version, state, registered_at_ms, last_heartbeat_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'ready', $8, $9) \
+             ffmpeg_version, state, registered_at_ms, last_heartbeat_ms, note) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'ready', $8, $9, '') \
              ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
              cpu_millis = excluded.cpu_millis, memory_bytes = excluded.memory_bytes, \
              disk_bytes = excluded.disk_bytes, labels = excluded.labels, \
              ffmpeg_version = excluded.ffmpeg_version, state = 'ready', \
-             registered_at_ms = excluded.registered_at_ms, \
+             registered_at_ms = excluded.registered_at_ms, note = '', \
              last_heartbeat_ms = excluded.last_heartbeat_ms",
         )
         .bind(w.id.clone())
@@ -713,7 +714,7 @@ impl Store for SqlStore {
     async fn heartbeat_worker(
         &self,
         id: &str,
-        draining: bool,
+        report: &WorkerReport,
         now_ms: i64,
     ) -> Result<Option<WorkerState>> {
         let mut tx = self.begin().await?;
@@ -731,17 +732,15 @@ impl Store for SqlStore {
         let before = WorkerState::parse(&before)
             .ok_or_else(|| Error::Corrupt(format!("worker state {before:?}")))?;
         if before != WorkerState::Lost {
-            let state = if draining {
-                WorkerState::Draining
-            } else {
-                before
-            };
-            sqlx::query("UPDATE workers SET last_heartbeat_ms = $1, state = $2 WHERE id = $3")
-                .bind(now_ms)
-                .bind(state.as_str())
-                .bind(id.to_owned())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE workers SET last_heartbeat_ms = $1, state = $2, note = $3 WHERE id = $4",
+            )
+            .bind(now_ms)
+            .bind(report.state_after(before).as_str())
+            .bind(report.note.clone())
+            .bind(id.to_owned())
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(Some(before))
