@@ -299,15 +299,16 @@ async fn a_worker_killed_mid_job_leaves_nothing_behind_after_restart() -> anyhow
         Ok(processes_mentioning(&temp).is_empty())
     })
     .await?;
-    let jobs_cgroup = std::path::Path::new("/sys/fs/cgroup/memory")
-        .join(cluster.cgroup_parent())
-        .join("w1")
-        .join(format!("job-{}-{}", job.id, live.lease_token));
-    assert!(
-        !jobs_cgroup.exists(),
-        "leftover cgroup {}",
-        jobs_cgroup.display()
-    );
+    // (The master may still list the killed w1 as ready, so the new one
+    // can be mid-cleanup here: it removes each cgroup right after killing
+    // what is in it.)
+    let jobs_cgroup = job_cgroup(&cluster, &job.id, live.lease_token);
+    eventually(Duration::from_secs(10), || {
+        let gone = !jobs_cgroup.exists();
+        async move { Ok(gone) }
+    })
+    .await
+    .with_context(|| format!("leftover cgroup {}", jobs_cgroup.display()))?;
     let scratch = cluster.workers[1]
         .work_dir
         .join("jobs")
@@ -362,6 +363,16 @@ impl Drop for Tmpfs {
 }
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Where worker w1 of `cluster` puts the cgroup of one run of a job (the
+/// memory hierarchy's copy on v1).
+fn job_cgroup(cluster: &Cluster, job_id: &str, token: u64) -> PathBuf {
+    Path::new(CGROUP_ROOT)
+        .join(if cgroup_v2() { "" } else { "memory" })
+        .join(cluster.cgroup_parent())
+        .join("w1")
+        .join(format!("job-{job_id}-{token}"))
+}
 
 fn cgroup_v2() -> bool {
     Path::new(CGROUP_ROOT).join("cgroup.controllers").exists()
@@ -713,12 +724,8 @@ async fn cancel_during_startup_and_twice_in_a_row_leave_nothing_behind() -> anyh
     );
     assert!(!scratch.exists(), "scratch dir left");
     assert!(!cluster.master.output_root.join(&temp).exists());
-    let job_cgroup = Path::new(CGROUP_ROOT)
-        .join(if cgroup_v2() { "" } else { "memory" })
-        .join(cluster.cgroup_parent())
-        .join("w1")
-        .join(format!("job-{}-{}", twice.id, live.lease_token));
-    assert!(!job_cgroup.exists(), "{}", job_cgroup.display());
+    let cgroup = job_cgroup(&cluster, &twice.id, live.lease_token);
+    assert!(!cgroup.exists(), "{}", cgroup.display());
     stall.abort();
     Ok(())
 }

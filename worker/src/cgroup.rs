@@ -232,31 +232,26 @@ impl JobCgroup {
         }
     }
 
-    /// SIGKILLs every process in the cgroup until none is left (a process
-    /// may fork while we kill).
-    pub fn kill_all(&self) -> Result<(), String> {
-        for _ in 0..200 {
-            let procs = self.cgroup.procs();
-            if procs.is_empty() {
-                return Ok(());
-            }
-            for pid in procs {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid.pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
+    /// SIGKILLs every process in the cgroup now.
+    fn kill_all(&self) {
+        for pid in self.cgroup.procs() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid.pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
-        Err(format!("processes remain in cgroup {}", self.rel_path))
     }
 
     /// Kills what remains and deletes the cgroup.
     pub fn remove(&self) -> Result<(), String> {
-        self.kill_all()?;
+        // A killed process leaves the cgroup only once it is reaped, which
+        // for an orphan of a crashed worker is up to init, and slow on a
+        // loaded host; a process may also fork while we kill. Keep killing
+        // and trying for a while.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let mut last = String::new();
-        // A killed process leaves the cgroup a moment after it dies.
-        for _ in 0..100 {
+        while std::time::Instant::now() < deadline {
+            self.kill_all();
             match self.cgroup.delete() {
                 Ok(()) => return Ok(()),
                 Err(e) => last = e.to_string(),
