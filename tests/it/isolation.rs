@@ -244,7 +244,11 @@ async fn admission_runs_big_jobs_one_at_a_time_and_says_why_a_job_waits() -> any
                 .map(|t| t.at_ms)
                 .unwrap()
         };
-        spans.push((at(JobState::Leased), at(JobState::Succeeded)));
+        // From FFmpeg's start to the recorded success. (Not from the lease:
+        // the worker frees a job's reservation once its processes are gone,
+        // and may be leased the next job a moment before the master has
+        // recorded the last one's success.)
+        spans.push((at(JobState::Running), at(JobState::Succeeded)));
     }
     spans.sort();
     for pair in spans.windows(2) {
