@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::grpc::{job_to_wire, status};
 use crate::store::{
     Attachments, Change, JobRecord, LeaseRef, LeaseRequest, Store, Submitted, WorkerRecord,
@@ -52,6 +53,7 @@ struct Inner {
     /// Free resources a worker reported (by heartbeat) for its pending
     /// AcquireJobs, keyed by worker: (acquire_seq, free).
     pending_free: Mutex<HashMap<String, (u64, Resources)>>,
+    metrics: Metrics,
     shutdown: CancellationToken,
 }
 
@@ -68,7 +70,12 @@ pub fn now_ms() -> i64 {
 }
 
 impl Cluster {
-    pub fn new(store: Arc<dyn Store>, config: ClusterConfig, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: ClusterConfig,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) -> Self {
         let (job_changes, _) = broadcast::channel(1024);
         Cluster {
             inner: Arc::new(Inner {
@@ -77,6 +84,7 @@ impl Cluster {
                 work_available: Notify::new(),
                 job_changes,
                 pending_free: Mutex::new(HashMap::new()),
+                metrics,
                 shutdown,
             }),
         }
@@ -90,6 +98,28 @@ impl Cluster {
         &self.inner.config
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Reads the gauges that describe the database (jobs and workers by
+    /// state, the pool) into the metrics, before a scrape.
+    pub async fn refresh_metrics(&self) {
+        let now = now_ms();
+        let metrics = &self.inner.metrics;
+        match (self.store().job_counts(now).await, self.store().workers().await) {
+            (Ok(counts), Ok(workers)) => {
+                let states: Vec<(WorkerState, i64)> =
+                    workers.iter().map(|(w, _)| (w.state, 1)).collect();
+                metrics.set_counts(&counts, &states, now);
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "reading job and worker counts for metrics");
+            }
+        }
+        metrics.set_pool(&self.store().pool_stats());
+    }
+
     pub async fn submit(&self, raw: SubmittedSpec, key: Option<String>) -> Result<v1::Job> {
         let spec = spec::validate(raw, &self.inner.config.policy)?;
         let id = uuid::Uuid::now_v7().to_string();
@@ -100,6 +130,7 @@ impl Cluster {
         {
             Submitted::Created(job) => {
                 tracing::info!(job_id = %job.id, preset = spec.preset.name(), "job submitted");
+                self.inner.metrics.submissions.inc();
                 self.inner.work_available.notify_waiters();
                 job
             }
@@ -186,12 +217,16 @@ impl Cluster {
         attachments: Attachments,
     ) -> Result<(JobRecord, Outcome)> {
         let event_name = event.name();
+        let now = now_ms();
         let (job, outcome) = self
             .store()
-            .apply(id, event, attachments, now_ms(), &self.inner.config.retry)
+            .apply(id, event, attachments, now, &self.inner.config.retry)
             .await?;
         if let Some(t) = &outcome.transition {
             tracing::info!(job_id = %id, event = event_name, from = %t.from, to = %t.to, reason = %t.reason, "job transition");
+            self.inner
+                .metrics
+                .observe_transition(event_name, t, &job, now);
         }
         for action in &outcome.actions {
             match action {
@@ -401,7 +436,11 @@ impl Cluster {
                 max_jobs,
                 ttl_ms,
             };
+            let started = Instant::now();
             let leased = self.store().lease(request, now).await?;
+            self.inner
+                .metrics
+                .observe_scheduling(started.elapsed(), &leased, now);
             if !leased.is_empty() {
                 for job in &leased {
                     tracing::info!(job_id = %job.id, worker_id, attempt = job.status.attempt, "job leased");
@@ -469,6 +508,7 @@ impl Cluster {
         let ttl = self.inner.config.lease_ttl.as_millis() as i64;
         for worker_id in self.store().mark_lost_workers(now - ttl).await? {
             tracing::warn!(worker_id, "worker lost: no heartbeat within the lease ttl");
+            self.inner.metrics.workers_lost.inc();
         }
         for lease in self.store().expired_leases(now).await? {
             let event = Event::LeaseExpired { token: lease.token };

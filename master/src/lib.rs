@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod error;
 pub mod grpc;
 pub mod master;
+pub mod metrics;
 pub mod migrate;
 pub mod store;
 

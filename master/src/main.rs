@@ -54,6 +54,10 @@ struct Args {
     /// Timeout for jobs that do not say.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     default_timeout: Duration,
+    /// Address of the Prometheus `/metrics` listener (apart from gRPC);
+    /// `off` disables it.
+    #[arg(long, env = "FFLEET_METRICS_LISTEN", default_value = "127.0.0.1:7701")]
+    metrics_listen: String,
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[command(subcommand)]
@@ -131,6 +135,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         retry_backoff: args.retry_backoff,
         max_attempts: args.max_attempts,
         default_timeout: args.default_timeout,
+        metrics_listen: (args.metrics_listen != "off").then_some(args.metrics_listen),
     };
     let master = options
         .build(shutdown)
@@ -138,6 +143,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("starting master on {}", args.database))?;
     // Scripts and tests read this line to learn the bound port.
     println!("ffleet-master listening on {}", master.local_addr());
+    if let Some(addr) = master.metrics_addr() {
+        println!("ffleet-master metrics on {addr}");
+    }
     master.run().await?;
     Ok(())
 }

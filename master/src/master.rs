@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::error::Result;
-use crate::store::{self, DbOptions};
+use crate::metrics::{GrpcMetricsLayer, Metrics};
+use crate::store::{self, DbOptions, Metered};
 
 #[derive(Debug, Clone)]
 pub struct MasterOptions {
@@ -28,6 +29,8 @@ pub struct MasterOptions {
     pub retry_backoff: Duration,
     pub max_attempts: u32,
     pub default_timeout: Duration,
+    /// Where `/metrics` is served; `None`: nowhere.
+    pub metrics_listen: Option<String>,
 }
 
 impl MasterOptions {
@@ -39,7 +42,9 @@ impl MasterOptions {
             .iter()
             .map(std::path::absolute)
             .collect::<std::io::Result<Vec<_>>>()?;
+        let metrics = Metrics::new(ffleet_telemetry::metrics::registry());
         let store = store::open(&self.database, self.migrate).await?;
+        let store = std::sync::Arc::new(Metered::new(store, metrics.clone()));
         let mut policy = SpecPolicy::new(output_root);
         policy.input_roots = input_roots;
         policy.default_max_attempts = self.max_attempts;
@@ -53,9 +58,14 @@ impl MasterOptions {
             },
         };
         let listener = TcpListener::bind(self.listen).await?;
+        let metrics_listener = match &self.metrics_listen {
+            Some(addr) => Some(ffleet_telemetry::metrics::bind(addr).await?),
+            None => None,
+        };
         Ok(Master {
-            cluster: Cluster::new(store, config, shutdown.clone()),
+            cluster: Cluster::new(store, config, metrics, shutdown.clone()),
             listener,
+            metrics_listener,
             shutdown,
         })
     }
@@ -64,6 +74,7 @@ impl MasterOptions {
 pub struct Master {
     cluster: Cluster,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     shutdown: CancellationToken,
 }
 
@@ -72,6 +83,12 @@ impl Master {
         self.listener
             .local_addr()
             .expect("bound listener has an address")
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn cluster(&self) -> Cluster {
@@ -83,9 +100,23 @@ impl Master {
         let addr = self.local_addr();
         let reaper = tokio::spawn(self.cluster.clone().run_reaper());
         let listener = tokio::spawn(self.cluster.clone().follow_other_masters());
+        let metrics = self.metrics_listener.map(|l| {
+            let cluster = self.cluster.clone();
+            let refresh: ffleet_telemetry::metrics::Refresh = std::sync::Arc::new(move || {
+                let cluster = cluster.clone();
+                Box::pin(async move { cluster.refresh_metrics().await })
+            });
+            tokio::spawn(ffleet_telemetry::metrics::serve(
+                l,
+                self.cluster.metrics().registry().clone(),
+                refresh,
+                self.shutdown.clone(),
+            ))
+        });
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
         tracing::info!(%addr, "master serving");
         let served = tonic::transport::Server::builder()
+            .layer(GrpcMetricsLayer::new(self.cluster.metrics().clone()))
             .add_service(JobServiceServer::new(self.cluster.clone()))
             .add_service(WorkerServiceServer::new(self.cluster.clone()))
             .serve_with_incoming_shutdown(incoming, self.shutdown.clone().cancelled_owned())
@@ -93,6 +124,9 @@ impl Master {
         self.shutdown.cancel();
         let _ = reaper.await;
         let _ = listener.await;
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
         served.map_err(|e| std::io::Error::other(e.to_string()))?;
         tracing::info!("master stopped");
         Ok(())

@@ -1,5 +1,7 @@
 //! What every ffleet daemon sets up the same way: logs and shutdown.
 
+pub mod metrics;
+
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 

@@ -122,6 +122,8 @@ pub struct Master {
     pub child: Child,
     pub addr: String,
     pub url: String,
+    /// Its Prometheus endpoint.
+    pub metrics_url: String,
     pub database: String,
     pub output_root: PathBuf,
 }
@@ -139,6 +141,8 @@ pub struct Cluster {
 pub struct Worker {
     pub child: Child,
     pub work_dir: PathBuf,
+    /// Its Prometheus endpoint.
+    pub metrics_url: String,
 }
 
 impl Cluster {
@@ -250,6 +254,8 @@ impl Cluster {
     ) -> anyhow::Result<usize> {
         let work_dir = self.dir().join(format!("work-{name}"));
         let log = std::fs::File::create(self.dir().join(format!("worker-{name}.log")))?;
+        let out_path = self.dir().join(format!("worker-{name}.out"));
+        let out = std::fs::File::create(&out_path)?;
         let mut command = Command::new(bin("ffleet-worker"));
         if let Some(cgroup) = cgroup {
             command
@@ -273,14 +279,34 @@ impl Cluster {
             .args(["--cgroup-parent", &self.cgroup_parent()])
             .args(extra)
             .env("RUST_LOG", "info,ffleet_worker=debug")
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(out)
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .context("spawning ffleet-worker")?;
-        self.workers.push(Worker { child, work_dir });
+        // Printed once it is built, before it registers.
+        let metrics_line = || {
+            let printed = std::fs::read_to_string(&out_path).unwrap_or_default();
+            printed
+                .lines()
+                .find_map(|l| l.strip_prefix("ffleet-worker metrics on "))
+                .map(str::to_owned)
+        };
+        eventually(Duration::from_secs(15), || {
+            let found = metrics_line().is_some();
+            async move { Ok(found) }
+        })
+        .await
+        .with_context(|| format!("worker {name} printed no metrics address"))?;
+        let metrics = metrics_line().unwrap_or_default();
         self.wait_worker_ready(name).await?;
+        self.workers.push(Worker {
+            child,
+            work_dir,
+            metrics_url: format!("http://{metrics}/metrics"),
+        });
         Ok(self.workers.len() - 1)
     }
 
@@ -394,6 +420,8 @@ async fn spawn_master(
             config.lease_ttl,
             "--retry-backoff",
             config.retry_backoff,
+            "--metrics-listen",
+            "127.0.0.1:0",
         ])
         .args(&config.extra)
         .stdin(Stdio::null())
@@ -412,9 +440,17 @@ async fn spawn_master(
         .strip_prefix("ffleet-master listening on ")
         .with_context(|| format!("unexpected first line {line:?}"))?
         .to_owned();
+    let line = lines
+        .next_line()
+        .await?
+        .context("master exited before serving metrics")?;
+    let metrics = line
+        .strip_prefix("ffleet-master metrics on ")
+        .with_context(|| format!("unexpected second line {line:?}"))?;
     Ok(Master {
         child,
         url: format!("http://{addr}"),
+        metrics_url: format!("http://{metrics}/metrics"),
         addr,
         database,
         output_root,

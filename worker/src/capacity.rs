@@ -46,9 +46,18 @@ fn total_memory() -> Result<u64> {
 
 /// Bytes an unprivileged writer may still use on the filesystem of `dir`.
 pub fn free_disk(dir: &Path) -> Result<u64> {
+    disk_space(dir).map(|(free, _)| free)
+}
+
+/// (free for an unprivileged writer, total size) of the filesystem of `dir`.
+pub fn disk_space(dir: &Path) -> Result<(u64, u64)> {
     let stat = nix::sys::statvfs::statvfs(dir)
         .map_err(|e| Error::Capacity(format!("statvfs {}: {e}", dir.display())))?;
-    Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+    let block = stat.fragment_size() as u64;
+    Ok((
+        stat.blocks_available() as u64 * block,
+        stat.blocks() as u64 * block,
+    ))
 }
 
 /// The first line of `ffmpeg -version`, e.g. `ffmpeg version 5.1.6-0+deb12u1`.

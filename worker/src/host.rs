@@ -84,6 +84,11 @@ impl Host {
     pub fn free_disk(&self) -> Option<u64> {
         crate::capacity::free_disk(&self.scratch).ok()
     }
+
+    /// (free, total) bytes of the scratch filesystem.
+    pub fn disk_space(&self) -> Option<(u64, u64)> {
+        crate::capacity::disk_space(&self.scratch).ok()
+    }
 }
 
 fn meminfo_available(meminfo: &str) -> Option<u64> {

@@ -7,6 +7,7 @@ pub mod error;
 pub mod executor;
 pub mod host;
 pub mod ledger;
+pub mod metrics;
 pub mod worker;
 
 pub use error::{Error, Result};

@@ -92,6 +92,9 @@ struct Args {
     /// How long a quarantine lasts before the worker tries again.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     quarantine_cooldown: Duration,
+    /// Address of the Prometheus `/metrics` listener; `off` disables it.
+    #[arg(long, env = "FFLEET_METRICS_LISTEN", default_value = "127.0.0.1:7702")]
+    metrics_listen: String,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -169,11 +172,16 @@ async fn run() -> anyhow::Result<()> {
         memory_floor: args.memory_floor,
         quarantine_after: args.quarantine_after,
         quarantine_cooldown: args.quarantine_cooldown,
+        metrics_listen: (args.metrics_listen != "off").then_some(args.metrics_listen),
     };
     let worker = options
         .build(shutdown)
         .await
         .with_context(|| format!("starting worker for masters {}", args.masters.join(", ")))?;
+    if let Some(addr) = worker.metrics_addr() {
+        // Scripts and tests read this line to learn the bound port.
+        println!("ffleet-worker metrics on {addr}");
+    }
     worker.run().await?;
     Ok(())
 }

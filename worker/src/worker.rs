@@ -28,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::executor::{self, ExecConfig, JobRun, RunOutcome, StopReason};
 use crate::host::Host;
 use crate::ledger::Ledger;
+use crate::metrics::{self, Metrics};
 
 /// How long one AcquireJobs call may wait at the master.
 const ACQUIRE_WAIT: Duration = Duration::from_secs(30);
@@ -74,6 +75,8 @@ pub struct WorkerOptions {
     /// Quarantine after this many worker-side failures in a row (0: never).
     pub quarantine_after: u32,
     pub quarantine_cooldown: Duration,
+    /// Where `/metrics` is served; `None`: nowhere.
+    pub metrics_listen: Option<String>,
 }
 
 impl WorkerOptions {
@@ -136,6 +139,10 @@ impl WorkerOptions {
             .connect_timeout(Duration::from_secs(10))
             .timeout(self.download_timeout)
             .build()?;
+        let metrics_listener = match &self.metrics_listen {
+            Some(addr) => Some(ffleet_telemetry::metrics::bind(addr).await?),
+            None => None,
+        };
         let exec = ExecConfig {
             confine_exe: std::env::current_exe()?,
             ffmpeg: self.ffmpeg.clone(),
@@ -163,6 +170,8 @@ impl WorkerOptions {
                 pending_acquire: AtomicU64::new(0),
                 identity: Mutex::new(Identity::default()),
                 master_sees_quarantine: AtomicBool::new(false),
+                metrics: Metrics::new(ffleet_telemetry::metrics::registry()),
+                metrics_listener: Mutex::new(metrics_listener),
                 ffmpeg_version,
                 options: self,
                 shutdown,
@@ -257,6 +266,9 @@ struct Shared {
     identity: Mutex<Identity>,
     /// The last heartbeat told the master we are quarantined.
     master_sees_quarantine: AtomicBool,
+    metrics: Metrics,
+    /// Taken by `run`.
+    metrics_listener: Mutex<Option<tokio::net::TcpListener>>,
     ffmpeg_version: String,
     options: WorkerOptions,
     /// SIGTERM: stop acquiring, drain.
@@ -293,6 +305,35 @@ impl Worker {
         self.shared.ledger.capacity()
     }
 
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        let listener = self.shared.metrics_listener.lock().expect("metrics lock");
+        listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Reads what is read, not counted, into the metrics before a scrape.
+    fn refresh_metrics(&self) {
+        let s = &self.shared;
+        let m = &s.metrics;
+        m.set_ledger(s.ledger.capacity(), s.ledger.free());
+        if let Some(available) = s.host.available_memory() {
+            m.memory_available.set(available as i64);
+        }
+        if let Some((free, size)) = s.host.disk_space() {
+            m.scratch_free.set(free as i64);
+            m.scratch_size.set(size as i64);
+        }
+        m.running_jobs
+            .set(s.running.lock().expect("running lock").len() as i64);
+        m.zombies.set(metrics::count_zombies());
+        let quarantined = s
+            .breaker
+            .lock()
+            .expect("breaker lock")
+            .open_until(Instant::now())
+            .is_some();
+        m.quarantined.set(quarantined as i64);
+    }
+
     /// The master in use: its index (for [`Worker::failed`]) and a client.
     fn master(&self) -> (usize, WorkerServiceClient<Channel>) {
         let i = self.shared.current_master.load(Ordering::SeqCst) % self.shared.masters.len();
@@ -323,6 +364,20 @@ impl Worker {
         let tracker = TaskTracker::new();
         let heartbeat = tokio::spawn(self.clone().heartbeat_loop());
         let guard = tokio::spawn(self.clone().memory_guard_loop());
+        let listener = s.metrics_listener.lock().expect("metrics lock").take();
+        let metrics = listener.map(|l| {
+            let worker = self.clone();
+            let refresh: ffleet_telemetry::metrics::Refresh = Arc::new(move || {
+                worker.refresh_metrics();
+                Box::pin(async {})
+            });
+            tokio::spawn(ffleet_telemetry::metrics::serve(
+                l,
+                s.metrics.registry().clone(),
+                refresh,
+                s.draining.clone(),
+            ))
+        });
         self.acquire_loop(&tracker).await;
 
         // Drain: let running jobs finish up to the deadline, then hand back
@@ -346,6 +401,9 @@ impl Worker {
         s.draining.cancel();
         let _ = heartbeat.await;
         let _ = guard.await;
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
         tracing::info!("worker stopped");
         Ok(())
     }
@@ -598,6 +656,7 @@ impl Worker {
                 .expect("running lock")
                 .remove(&job_id);
             worker.shared.ledger.release(&job_id);
+            worker.shared.metrics.observe_outcome(&job_id, &outcome);
             worker.count_for_quarantine(&outcome).await;
             worker.report(&job_id, token, outcome, usage).await;
         });
@@ -644,6 +703,7 @@ impl Worker {
             let Some(sample) = progress.borrow_and_update().clone() else {
                 continue;
             };
+            self.shared.metrics.observe_progress(&job_id, &sample);
             next_send = tokio::time::Instant::now() + PROGRESS_INTERVAL;
             let request = v1::ReportProgressRequest {
                 lease: Some(v1::LeaseRef {
@@ -882,6 +942,7 @@ impl Worker {
                 let _ = job
                     .stop
                     .send(Some(StopReason::MemoryGuard { available, floor }));
+                s.metrics.memory_guard_stops.inc();
             }
         }
     }
@@ -927,7 +988,12 @@ impl Worker {
             note: offer.note,
         };
         let (master, mut client) = self.master();
-        match client.heartbeat(with_timeout(request, RPC_TIMEOUT)).await {
+        let started = Instant::now();
+        let reply = client.heartbeat(with_timeout(request, RPC_TIMEOUT)).await;
+        s.metrics
+            .heartbeat_duration
+            .observe(started.elapsed().as_secs_f64());
+        match reply {
             Ok(reply) => {
                 s.master_sees_quarantine
                     .store(offer.quarantined, Ordering::SeqCst);
@@ -944,6 +1010,7 @@ impl Worker {
                 }
             }
             Err(status) => {
+                s.metrics.heartbeat_failures.inc();
                 tracing::warn!(error = %status.message(), "heartbeat failed");
                 self.failed(master, &status);
             }

@@ -8,6 +8,7 @@
 
 pub mod dialect;
 mod listen;
+mod metered;
 pub(crate) mod sql;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ use ffleet_core::state::{Event, JobState, JobStatus, Outcome, RetryPolicy};
 use crate::error::{Error, Result};
 
 pub use dialect::{DbOptions, Dialect};
+pub use metered::Metered;
 pub use sql::SqlStore;
 
 /// A job as stored.
@@ -70,14 +72,16 @@ impl WorkerState {
         }
     }
 
+    pub const ALL: [WorkerState; 4] = [
+        WorkerState::Ready,
+        WorkerState::Draining,
+        WorkerState::Quarantined,
+        WorkerState::Lost,
+    ];
+
     pub fn parse(s: &str) -> Option<WorkerState> {
-        [
-            WorkerState::Ready,
-            WorkerState::Draining,
-            WorkerState::Quarantined,
-            WorkerState::Lost,
-        ]
-        .into_iter()
+        WorkerState::ALL
+            .into_iter()
         .find(|w| w.as_str() == s)
     }
 }
@@ -266,7 +270,27 @@ pub trait Store: Send + Sync + 'static {
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Result<()>;
 
+    /// Jobs by state and priority, and since when the longest-waiting
+    /// runnable queued job has waited: the gauges of `/metrics`.
+    async fn job_counts(&self, now_ms: i64) -> Result<JobCounts>;
+
     fn pool_stats(&self) -> PoolStats;
+}
+
+/// One row of [`Store::job_counts`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobCount {
+    pub state: JobState,
+    pub priority: i32,
+    pub count: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobCounts {
+    pub rows: Vec<JobCount>,
+    /// The smallest `not_before_ms` (submission or retry time) of a queued
+    /// job that may run now.
+    pub oldest_runnable_ms: Option<i64>,
 }
 
 /// Opens the store `options.url` names. With `migrate`, pending migrations

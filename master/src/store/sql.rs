@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::dialect::{DbOptions, Dialect};
 use super::{
-    Attachments, Change, JobRecord, LeaseRef, LeaseRequest, PoolStats, Store, Submitted,
+    Attachments, Change, JobCount, JobCounts, JobRecord, LeaseRef, LeaseRequest, PoolStats, Store, Submitted,
     TransitionRecord, WorkerRecord, WorkerReport, WorkerState, from_json, json,
 };
 use crate::error::{Error, Result};
@@ -803,6 +803,37 @@ impl Store for SqlStore {
             return Ok(());
         }
         super::listen::postgres(&self.url, sink, shutdown).await
+    }
+
+    async fn job_counts(&self, now_ms: i64) -> Result<JobCounts> {
+        let mut conn = self.read().await?;
+        let rows = sqlx::query(
+            "SELECT state, priority, COUNT(*) AS n FROM jobs GROUP BY state, priority",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        let rows = rows
+            .iter()
+            .map(|row| {
+                let state: String = row.try_get("state")?;
+                Ok(JobCount {
+                    state: JobState::parse(&state)
+                        .ok_or_else(|| Error::Corrupt(format!("job state {state:?}")))?,
+                    priority: row.try_get::<i32, _>("priority")?,
+                    count: row.try_get("n")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let oldest_runnable_ms = sqlx::query_scalar(
+            "SELECT MIN(not_before_ms) FROM jobs WHERE state = 'queued' AND not_before_ms <= $1",
+        )
+        .bind(now_ms)
+        .fetch_one(&mut *conn)
+        .await?;
+        Ok(JobCounts {
+            rows,
+            oldest_runnable_ms,
+        })
     }
 
     fn pool_stats(&self) -> PoolStats {

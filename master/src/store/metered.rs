@@ -1,0 +1,164 @@
+//! A [`Store`] that times every operation into
+//! `ffleet_db_query_duration_seconds` (and counts failures) and otherwise
+//! passes it through: the one place query latency is measured, for both
+//! backends.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use ffleet_core::spec::JobSpec;
+use ffleet_core::state::{Event, JobState, Outcome, RetryPolicy};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Attachments, Change, JobCounts, JobRecord, LeaseRef, LeaseRequest, PoolStats, Store,
+    Submitted, TransitionRecord, WorkerRecord, WorkerReport, WorkerState,
+};
+use crate::error::Result;
+use crate::metrics::Metrics;
+use ffleet_core::report::Progress;
+
+pub struct Metered {
+    inner: Arc<dyn Store>,
+    metrics: Metrics,
+}
+
+impl Metered {
+    pub fn new(inner: Arc<dyn Store>, metrics: Metrics) -> Metered {
+        Metered { inner, metrics }
+    }
+
+    async fn timed<T>(&self, operation: &str, call: impl Future<Output = Result<T>>) -> Result<T> {
+        let started = Instant::now();
+        let result = call.await;
+        self.metrics
+            .observe_query(operation, started.elapsed(), result.is_ok());
+        result
+    }
+}
+
+#[async_trait]
+impl Store for Metered {
+    async fn submit(
+        &self,
+        id: &str,
+        idempotency_key: Option<&str>,
+        spec: &JobSpec,
+        now_ms: i64,
+    ) -> Result<Submitted> {
+        let call = self.inner.submit(id, idempotency_key, spec, now_ms);
+        self.timed("submit", call).await
+    }
+
+    async fn job(&self, id: &str) -> Result<Option<JobRecord>> {
+        self.timed("job", self.inner.job(id)).await
+    }
+
+    async fn history(&self, id: &str) -> Result<Vec<TransitionRecord>> {
+        self.timed("history", self.inner.history(id)).await
+    }
+
+    async fn list_jobs(
+        &self,
+        state: Option<JobState>,
+        limit: u32,
+        before_id: Option<&str>,
+    ) -> Result<Vec<JobRecord>> {
+        let call = self.inner.list_jobs(state, limit, before_id);
+        self.timed("list_jobs", call).await
+    }
+
+    async fn apply(
+        &self,
+        id: &str,
+        event: Event,
+        attachments: Attachments,
+        now_ms: i64,
+        retry: &RetryPolicy,
+    ) -> Result<(JobRecord, Outcome)> {
+        let call = self.inner.apply(id, event, attachments, now_ms, retry);
+        self.timed("apply", call).await
+    }
+
+    async fn lease(&self, request: LeaseRequest<'_>, now_ms: i64) -> Result<Vec<JobRecord>> {
+        self.timed("lease", self.inner.lease(request, now_ms)).await
+    }
+
+    async fn record_progress(
+        &self,
+        lease: &LeaseRef,
+        progress: &Progress,
+        now_ms: i64,
+    ) -> Result<Option<bool>> {
+        let call = self.inner.record_progress(lease, progress, now_ms);
+        self.timed("record_progress", call).await
+    }
+
+    async fn renew(
+        &self,
+        worker_id: &str,
+        leases: &[LeaseRef],
+        expires_at_ms: i64,
+    ) -> Result<Vec<LeaseRef>> {
+        let call = self.inner.renew(worker_id, leases, expires_at_ms);
+        self.timed("renew", call).await
+    }
+
+    async fn next_retry_at(&self, now_ms: i64) -> Result<Option<i64>> {
+        self.timed("next_retry_at", self.inner.next_retry_at(now_ms))
+            .await
+    }
+
+    async fn expired_leases(&self, now_ms: i64) -> Result<Vec<LeaseRef>> {
+        self.timed("expired_leases", self.inner.expired_leases(now_ms))
+            .await
+    }
+
+    async fn lease_history(&self, job_id: &str) -> Result<Vec<(u64, String)>> {
+        self.timed("lease_history", self.inner.lease_history(job_id))
+            .await
+    }
+
+    async fn register_worker(&self, worker: &WorkerRecord) -> Result<()> {
+        self.timed("register_worker", self.inner.register_worker(worker))
+            .await
+    }
+
+    async fn heartbeat_worker(
+        &self,
+        id: &str,
+        report: &WorkerReport,
+        now_ms: i64,
+    ) -> Result<Option<WorkerState>> {
+        let call = self.inner.heartbeat_worker(id, report, now_ms);
+        self.timed("heartbeat_worker", call).await
+    }
+
+    async fn mark_lost_workers(&self, cutoff_ms: i64) -> Result<Vec<String>> {
+        let call = self.inner.mark_lost_workers(cutoff_ms);
+        self.timed("mark_lost_workers", call).await
+    }
+
+    async fn worker(&self, id: &str) -> Result<Option<WorkerRecord>> {
+        self.timed("worker", self.inner.worker(id)).await
+    }
+
+    async fn workers(&self) -> Result<Vec<(WorkerRecord, Vec<String>)>> {
+        self.timed("workers", self.inner.workers()).await
+    }
+
+    async fn listen(&self, sink: UnboundedSender<Change>, shutdown: CancellationToken) -> Result<()> {
+        self.inner.listen(sink, shutdown).await
+    }
+
+    async fn job_counts(&self, now_ms: i64) -> Result<JobCounts> {
+        self.timed("job_counts", self.inner.job_counts(now_ms)).await
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        self.inner.pool_stats()
+    }
+}
