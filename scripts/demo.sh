@@ -30,7 +30,7 @@ ffmpeg -nostdin -loglevel error -y \
 
 echo "== starting ffleet-master on sqlite://$demo/ffleet.db"
 "$bin/ffleet-master" --listen 127.0.0.1:0 --database "sqlite://$demo/ffleet.db" \
-  --output-root "$demo/out" >master.out 2>master.log &
+  --output-root "$demo/out" --metrics-listen 127.0.0.1:0 >master.out 2>master.log &
 pids+=($!)
 for _ in $(seq 100); do
   grep -q 'listening on' master.out 2>/dev/null && break
@@ -41,7 +41,8 @@ addr=$(sed -n 's/^ffleet-master listening on //p' master.out)
 export FFLEET_MASTER=http://$addr
 
 echo "== starting ffleet-worker"
-"$bin/ffleet-worker" --work-dir "$demo/work" 2>worker.log &
+"$bin/ffleet-worker" --work-dir "$demo/work" --metrics-listen 127.0.0.1:0 \
+  >worker.out 2>worker.log &
 pids+=($!)
 
 echo "== submitting sample.mp4 -> out/sample-480p.mp4 (h264-480p)"
@@ -57,3 +58,5 @@ echo "output: $demo/out/sample-480p.mp4 ($(ffprobe -v error -select_streams v:0 
   -show_entries stream=codec_name,width,height -of csv=p=0 "$demo/out/sample-480p.mp4"))"
 echo "submit to done: $((end - start)) ms"
 "$bin/ffleet" workers
+echo "metrics: http://$(sed -n 's/^ffleet-master metrics on //p' master.out)/metrics" \
+  "http://$(sed -n 's/^ffleet-worker metrics on //p' worker.out)/metrics"

@@ -850,7 +850,7 @@ impl Worker {
         // (MemAvailable and free space move by megabytes all the time, and
         // the default capacity is the host's total).
         let noticeable = |ledger: u64, host: u64, capacity: u64| {
-            ledger.saturating_sub(host) > (capacity / 50).max(64 << 20)
+            ledger.saturating_sub(host) > (capacity / 20).max(64 << 20)
         };
         if let Some(available) = s.host.available_memory() {
             let floor = s.options.memory_floor;
