@@ -12,6 +12,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+scripts/check-observability.sh
 echo "== build binaries (the end-to-end tests run them)"
 cargo build --workspace --bins --locked
 

@@ -15,8 +15,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
 use crate::grpc::{job_to_wire, status};
+use crate::metrics::Metrics;
 use crate::store::{
     Attachments, Change, JobRecord, LeaseRef, LeaseRequest, Store, Submitted, WorkerRecord,
     WorkerReport, WorkerState,
@@ -107,7 +107,10 @@ impl Cluster {
     pub async fn refresh_metrics(&self) {
         let now = now_ms();
         let metrics = &self.inner.metrics;
-        match (self.store().job_counts(now).await, self.store().workers().await) {
+        match (
+            self.store().job_counts(now).await,
+            self.store().workers().await,
+        ) {
             (Ok(counts), Ok(workers)) => {
                 let states: Vec<(WorkerState, i64)> =
                     workers.iter().map(|(w, _)| (w.state, 1)).collect();

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use ffleet_core::JobState;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 use ffleet_core::state::Transition;
@@ -274,7 +274,12 @@ impl Metrics {
         for state in &WorkerState::ALL {
             self.workers.with_label_values(&[state.as_str()]).set(0);
         }
-        for state in [JobState::Succeeded, JobState::Failed, JobState::Cancelled, JobState::TimedOut] {
+        for state in [
+            JobState::Succeeded,
+            JobState::Failed,
+            JobState::Cancelled,
+            JobState::TimedOut,
+        ] {
             self.finished.with_label_values(&[state.as_str(), ""]);
             self.job_duration.with_label_values(&[state.as_str()]);
         }
@@ -359,11 +364,7 @@ impl Metrics {
             self.requeues.inc();
         }
         if t.to.is_final() {
-            let code = job
-                .status
-                .failure
-                .as_ref()
-                .map_or("", |f| f.code.as_str());
+            let code = job.status.failure.as_ref().map_or("", |f| f.code.as_str());
             self.finished
                 .with_label_values(&[t.to.as_str(), code])
                 .inc();

@@ -47,7 +47,10 @@ pub fn registry() -> Registry {
 /// Binds the metrics listener; an error names the address.
 pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("binding the metrics listener {addr}: {e}"))
+        std::io::Error::new(
+            e.kind(),
+            format!("binding the metrics listener {addr}: {e}"),
+        )
     })
 }
 

@@ -8,5 +8,6 @@ mod http_input;
 mod isolation;
 mod lifecycle;
 mod multi_master;
+mod observability;
 mod store_suite;
 mod validation;

@@ -14,8 +14,8 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Attachments, Change, JobCounts, JobRecord, LeaseRef, LeaseRequest, PoolStats, Store,
-    Submitted, TransitionRecord, WorkerRecord, WorkerReport, WorkerState,
+    Attachments, Change, JobCounts, JobRecord, LeaseRef, LeaseRequest, PoolStats, Store, Submitted,
+    TransitionRecord, WorkerRecord, WorkerReport, WorkerState,
 };
 use crate::error::Result;
 use crate::metrics::Metrics;
@@ -150,12 +150,17 @@ impl Store for Metered {
         self.timed("workers", self.inner.workers()).await
     }
 
-    async fn listen(&self, sink: UnboundedSender<Change>, shutdown: CancellationToken) -> Result<()> {
+    async fn listen(
+        &self,
+        sink: UnboundedSender<Change>,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
         self.inner.listen(sink, shutdown).await
     }
 
     async fn job_counts(&self, now_ms: i64) -> Result<JobCounts> {
-        self.timed("job_counts", self.inner.job_counts(now_ms)).await
+        self.timed("job_counts", self.inner.job_counts(now_ms))
+            .await
     }
 
     fn pool_stats(&self) -> PoolStats {

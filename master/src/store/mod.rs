@@ -80,9 +80,7 @@ impl WorkerState {
     ];
 
     pub fn parse(s: &str) -> Option<WorkerState> {
-        WorkerState::ALL
-            .into_iter()
-        .find(|w| w.as_str() == s)
+        WorkerState::ALL.into_iter().find(|w| w.as_str() == s)
     }
 }
 

@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::dialect::{DbOptions, Dialect};
 use super::{
-    Attachments, Change, JobCount, JobCounts, JobRecord, LeaseRef, LeaseRequest, PoolStats, Store, Submitted,
-    TransitionRecord, WorkerRecord, WorkerReport, WorkerState, from_json, json,
+    Attachments, Change, JobCount, JobCounts, JobRecord, LeaseRef, LeaseRequest, PoolStats, Store,
+    Submitted, TransitionRecord, WorkerRecord, WorkerReport, WorkerState, from_json, json,
 };
 use crate::error::{Error, Result};
 
@@ -807,11 +807,10 @@ impl Store for SqlStore {
 
     async fn job_counts(&self, now_ms: i64) -> Result<JobCounts> {
         let mut conn = self.read().await?;
-        let rows = sqlx::query(
-            "SELECT state, priority, COUNT(*) AS n FROM jobs GROUP BY state, priority",
-        )
-        .fetch_all(&mut *conn)
-        .await?;
+        let rows =
+            sqlx::query("SELECT state, priority, COUNT(*) AS n FROM jobs GROUP BY state, priority")
+                .fetch_all(&mut *conn)
+                .await?;
         let rows = rows
             .iter()
             .map(|row| {
