@@ -123,12 +123,19 @@ impl Cluster {
         metrics.set_pool(&self.store().pool_stats());
     }
 
-    pub async fn submit(&self, raw: SubmittedSpec, key: Option<String>) -> Result<v1::Job> {
+    /// Validates and stores a job; `trace_parent` (the submit span's) is
+    /// kept with it so its lease and run join the same trace.
+    pub async fn submit(
+        &self,
+        raw: SubmittedSpec,
+        key: Option<String>,
+        trace_parent: &str,
+    ) -> Result<v1::Job> {
         let spec = spec::validate(raw, &self.inner.config.policy)?;
         let id = uuid::Uuid::now_v7().to_string();
         let job = match self
             .store()
-            .submit(&id, key.as_deref(), &spec, now_ms())
+            .submit(&id, key.as_deref(), &spec, trace_parent, now_ms())
             .await?
         {
             Submitted::Created(job) => {

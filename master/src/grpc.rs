@@ -11,12 +11,27 @@ use ffleet_proto::v1::{
 };
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::cluster::Cluster;
 use crate::error::Error;
 use crate::store::{
     Attachments, JobRecord, LeaseRef, TransitionRecord, WorkerRecord, WorkerReport,
 };
+
+/// `span`, as a child of the span the caller's `traceparent` metadata
+/// names, if any.
+fn traced<T>(request: &Request<T>, span: tracing::Span) -> tracing::Span {
+    if let Some(parent) = request
+        .metadata()
+        .get(ffleet_telemetry::trace::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        ffleet_telemetry::trace::set_parent(&span, parent);
+    }
+    span
+}
 
 /// The one conversion from master errors to gRPC statuses.
 pub fn status(err: Error) -> Status {
@@ -110,10 +125,18 @@ fn worker_to_wire(w: WorkerRecord, jobs: Vec<String>) -> v1::Worker {
 #[tonic::async_trait]
 impl JobService for Cluster {
     async fn submit_job(&self, request: Request<v1::SubmitJobRequest>) -> Reply<v1::Job> {
+        // The root of the job's trace (or a child of the caller's).
+        let span = traced(&request, tracing::info_span!("job.submit", job_id = Empty));
         let req = request.into_inner();
         let spec = required("spec", req.spec)?;
         let key = Some(req.idempotency_key).filter(|k| !k.is_empty());
-        let job = self.submit(spec.into(), key).await.map_err(status)?;
+        let trace_parent = ffleet_telemetry::trace::traceparent(&span);
+        let job = self
+            .submit(spec.into(), key, &trace_parent)
+            .instrument(span.clone())
+            .await
+            .map_err(status)?;
+        span.record("job_id", job.id.as_str());
         Ok(Response::new(job))
     }
 
@@ -284,12 +307,24 @@ impl WorkerService for Cluster {
         Ok(Response::new(v1::AcquireJobsResponse {
             leases: jobs
                 .into_iter()
-                .map(|j| v1::Lease {
-                    token: j.status.lease.as_ref().map_or(0, |l| l.token),
-                    attempt: j.status.attempt,
-                    job_id: j.id,
-                    spec: Some(j.spec.into()),
-                    ttl_ms,
+                .map(|j| {
+                    let token = j.status.lease.as_ref().map_or(0, |l| l.token);
+                    let span = tracing::info_span!(
+                        "job.lease",
+                        job_id = %j.id,
+                        worker_id = %req.worker_id,
+                        token,
+                        attempt = j.status.attempt
+                    );
+                    ffleet_telemetry::trace::set_parent(&span, &j.trace_parent);
+                    v1::Lease {
+                        token,
+                        attempt: j.status.attempt,
+                        trace_parent: ffleet_telemetry::trace::traceparent(&span),
+                        job_id: j.id,
+                        spec: Some(j.spec.into()),
+                        ttl_ms,
+                    }
                 })
                 .collect(),
         }))
@@ -310,50 +345,60 @@ impl WorkerService for Cluster {
         &self,
         request: Request<v1::CompleteJobRequest>,
     ) -> Reply<v1::CompleteJobResponse> {
-        let req = request.into_inner();
-        let lease = lease_ref(req.lease)?;
-        let attachments = Attachments {
-            progress: None,
-            bandwidth: req.bandwidth.map(Into::into),
-            usage: req.usage.map(Into::into),
-        };
-        self.apply(
-            &lease.job_id,
-            Event::Complete { token: lease.token },
-            attachments,
-        )
+        let span = traced(&request, tracing::info_span!("job.complete"));
+        async move {
+            let req = request.into_inner();
+            let lease = lease_ref(req.lease)?;
+            let attachments = Attachments {
+                progress: None,
+                bandwidth: req.bandwidth.map(Into::into),
+                usage: req.usage.map(Into::into),
+            };
+            self.apply(
+                &lease.job_id,
+                Event::Complete { token: lease.token },
+                attachments,
+            )
+            .await
+            .map_err(status)?;
+            Ok(Response::new(v1::CompleteJobResponse {}))
+        }
+        .instrument(span)
         .await
-        .map_err(status)?;
-        Ok(Response::new(v1::CompleteJobResponse {}))
     }
 
     async fn fail_job(&self, request: Request<v1::FailJobRequest>) -> Reply<v1::FailJobResponse> {
-        let req = request.into_inner();
-        let lease = lease_ref(req.lease)?;
-        let failure = required("failure", req.failure)?;
-        let kind = failure_kind_from_wire(failure.kind).ok_or_else(|| {
-            status(Error::InvalidArgument {
-                field: "failure.kind",
-                message: "required".into(),
-            })
-        })?;
-        let event = Event::Fail {
-            token: lease.token,
-            failure: Failure {
-                kind,
-                code: failure.code,
-                reason: failure.reason,
-                stderr_tail: failure.stderr_tail,
-            },
-        };
-        let attachments = Attachments {
-            progress: None,
-            bandwidth: req.bandwidth.map(Into::into),
-            usage: req.usage.map(Into::into),
-        };
-        self.apply(&lease.job_id, event, attachments)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(v1::FailJobResponse {}))
+        let span = traced(&request, tracing::info_span!("job.fail"));
+        async move {
+            let req = request.into_inner();
+            let lease = lease_ref(req.lease)?;
+            let failure = required("failure", req.failure)?;
+            let kind = failure_kind_from_wire(failure.kind).ok_or_else(|| {
+                status(Error::InvalidArgument {
+                    field: "failure.kind",
+                    message: "required".into(),
+                })
+            })?;
+            let event = Event::Fail {
+                token: lease.token,
+                failure: Failure {
+                    kind,
+                    code: failure.code,
+                    reason: failure.reason,
+                    stderr_tail: failure.stderr_tail,
+                },
+            };
+            let attachments = Attachments {
+                progress: None,
+                bandwidth: req.bandwidth.map(Into::into),
+                usage: req.usage.map(Into::into),
+            };
+            self.apply(&lease.job_id, event, attachments)
+                .await
+                .map_err(status)?;
+            Ok(Response::new(v1::FailJobResponse {}))
+        }
+        .instrument(span)
+        .await
     }
 }

@@ -90,7 +90,7 @@ enum MigrateAction {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    ffleet_telemetry::init_logging(args.log_format);
+    let _telemetry = ffleet_telemetry::init(args.log_format, "ffleet-master");
     match args.command {
         Some(Command::Migrate { action }) => migrate(&args.database, action).await,
         None => serve(args).await,

@@ -105,6 +105,8 @@ pub struct MasterConfig {
     pub lease_ttl: &'static str,
     pub retry_backoff: &'static str,
     pub extra: Vec<String>,
+    /// Environment for the cluster's masters and workers alike.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for MasterConfig {
@@ -113,6 +115,7 @@ impl Default for MasterConfig {
             lease_ttl: "3s",
             retry_backoff: "100ms",
             extra: vec![],
+            env: vec![],
         }
     }
 }
@@ -280,6 +283,7 @@ impl Cluster {
             .args(extra)
             .env("RUST_LOG", "info,ffleet_worker=debug")
             .args(["--metrics-listen", "127.0.0.1:0"])
+            .envs(self.config.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(log)
@@ -424,6 +428,7 @@ async fn spawn_master(
             "127.0.0.1:0",
         ])
         .args(&config.extra)
+        .envs(config.env.iter().cloned())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)

@@ -191,11 +191,12 @@ fn spawn_tool(name: &str, args: &[String], log: &Path) -> anyhow::Result<Child> 
         .with_context(|| format!("starting {name}"))
 }
 
-/// What Alertmanager posts to a webhook: the path and the JSON body.
+/// A POST received: its path and JSON body.
 type Notification = (String, serde_json::Value);
 
-/// A webhook receiver on loopback: every POST body, with its path.
-async fn webhook_receiver() -> anyhow::Result<(u16, mpsc::UnboundedReceiver<Notification>)> {
+/// An HTTP receiver on loopback (Alertmanager's webhook, an OTLP/HTTP JSON
+/// collector): every POST's path and JSON body.
+async fn http_sink() -> anyhow::Result<(u16, mpsc::UnboundedReceiver<Notification>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let (tx, rx) = mpsc::unbounded_channel();
@@ -276,7 +277,7 @@ async fn prometheus_answers_every_panel_and_alertmanager_pages_a_lost_worker() -
 
     // Alertmanager: the repository's routes, its webhooks pointed at ours,
     // and the page route's group wait cut from 10 s to 1 s.
-    let (hook_port, mut pages) = webhook_receiver().await?;
+    let (hook_port, mut pages) = http_sink().await?;
     let am_config =
         std::fs::read_to_string(repo().join("deployment/alertmanager/alertmanager.yml"))?
             .replace("127.0.0.1:9095", &format!("127.0.0.1:{hook_port}"))
@@ -382,5 +383,100 @@ async fn prometheus_answers_every_panel_and_alertmanager_pages_a_lost_worker() -
     assert_eq!(path, "/pages", "routed as a page: {body}");
     assert_eq!(body["commonLabels"]["severity"], "page", "{body}");
     eprintln!("page received at {path}: {body}");
+    Ok(())
+}
+
+/// Spans by service from OTLP/HTTP JSON export requests:
+/// (service, span name, trace id).
+fn spans_of(body: &serde_json::Value) -> Vec<(String, String, String)> {
+    let mut out = vec![];
+    for resource in body["resourceSpans"].as_array().into_iter().flatten() {
+        let service = resource["resource"]["attributes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["key"] == "service.name")
+            .and_then(|a| a["value"]["stringValue"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
+            for span in scope["spans"].as_array().into_iter().flatten() {
+                out.push((
+                    service.clone(),
+                    span["name"].as_str().unwrap_or_default().to_owned(),
+                    span["traceId"].as_str().unwrap_or_default().to_owned(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn one_job_is_one_trace_across_master_and_worker() -> anyhow::Result<()> {
+    // The collector: this test, on loopback, over OTLP/HTTP with JSON.
+    let (port, mut exports) = http_sink().await?;
+    let env = [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json".to_owned()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+    ];
+    let mut cluster = Cluster::start(MasterConfig {
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+        ..MasterConfig::default()
+    })
+    .await?;
+    cluster.spawn_worker("w1", &[]).await?;
+    let mut client = cluster.client().await?;
+    let job = submit(
+        &mut client,
+        spec(&clip(1, "160x120"), "traced.mp4", "h264-480p"),
+    )
+    .await?;
+    let done = wait_final(&mut client, &job.id, Duration::from_secs(60)).await?;
+    assert_eq!(state_of(&done), JobState::Succeeded, "{done:?}");
+
+    // Every span of the job, from both processes, in one trace.
+    let wanted = [
+        ("ffleet-master", "job.submit"),
+        ("ffleet-master", "job.lease"),
+        ("ffleet-worker", "job.run"),
+        ("ffleet-worker", "ffmpeg"),
+        ("ffleet-master", "job.complete"),
+    ];
+    let mut seen: Vec<(String, String, String)> = vec![];
+    let traces = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some((path, body)) = exports.recv().await {
+            assert_eq!(path, "/v1/traces");
+            seen.extend(spans_of(&body));
+            let ids: Vec<Option<&String>> = wanted
+                .iter()
+                .map(|(service, name)| {
+                    seen.iter()
+                        .find(|(s, n, _)| s == service && n == name)
+                        .map(|(_, _, trace)| trace)
+                })
+                .collect();
+            if ids.iter().all(Option::is_some) {
+                return ids.into_iter().flatten().cloned().collect::<Vec<_>>();
+            }
+        }
+        vec![]
+    })
+    .await
+    .with_context(|| format!("spans seen: {seen:?}\n{}", cluster.logs()))?;
+    assert_eq!(traces.len(), wanted.len());
+    assert!(
+        traces.iter().all(|t| t == &traces[0] && !t.is_empty()),
+        "the job's spans are in different traces: {:?}",
+        wanted.iter().zip(&traces).collect::<Vec<_>>()
+    );
+    eprintln!("one trace {}: {:?}", traces[0], wanted);
     Ok(())
 }

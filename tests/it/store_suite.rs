@@ -11,8 +11,8 @@ use ffleet_core::state::{Event, Failure, FailureKind, JobState, RetryPolicy, Ste
 use ffleet_master::Error;
 use ffleet_master::migrate::{self, MigrationState};
 use ffleet_master::store::{
-    self, Attachments, Change, DbOptions, LeaseRef, LeaseRequest, SqlStore, Store, Submitted,
-    WorkerRecord, WorkerReport, WorkerState,
+    self, Attachments, Change, DbOptions, JobCount, JobCounts, LeaseRef, LeaseRequest, SqlStore,
+    Store, Submitted, WorkerRecord, WorkerReport, WorkerState,
 };
 
 use crate::helpers::{Backend, fresh_database};
@@ -70,7 +70,13 @@ async fn submit(
     now: i64,
 ) -> anyhow::Result<()> {
     store
-        .submit(id, None, &spec(&format!("{id}.mp4"), priority, cpu), now)
+        .submit(
+            id,
+            None,
+            &spec(&format!("{id}.mp4"), priority, cpu),
+            "",
+            now,
+        )
         .await?;
     Ok(())
 }
@@ -91,12 +97,15 @@ fn token_of(store_job: &ffleet_master::store::JobRecord) -> u64 {
 pub async fn submit_is_idempotent_per_key(db: &TestDb) -> anyhow::Result<()> {
     let store = db.open().await?;
     let s = spec("a.mp4", 0, 1000);
-    let first = store.submit("j1", Some("key"), &s, 1).await?;
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let first = store.submit("j1", Some("key"), &s, trace, 1).await?;
     assert!(matches!(first, Submitted::Created(ref j) if j.status.state == JobState::Queued));
-    let again = store.submit("j2", Some("key"), &s, 2).await?;
-    assert!(matches!(again, Submitted::Existing(ref j) if j.id == "j1"));
+    let again = store.submit("j2", Some("key"), &s, "", 2).await?;
+    // The job keeps the trace it was submitted in (a resubmission's is not
+    // taken).
+    assert!(matches!(again, Submitted::Existing(ref j) if j.id == "j1" && j.trace_parent == trace));
     let other = store
-        .submit("j3", Some("key"), &spec("b.mp4", 0, 1000), 3)
+        .submit("j3", Some("key"), &spec("b.mp4", 0, 1000), "", 3)
         .await;
     assert!(
         matches!(other, Err(Error::IdempotencyConflict(_))),
@@ -479,15 +488,21 @@ pub async fn migrations_go_down_and_up_keeping_data(db: &TestDb) -> anyhow::Resu
     use MigrationState::{Applied, Pending};
     assert_eq!(
         migrate::down(&db.url, None).await?,
-        vec![4],
+        vec![5],
         "down reverts the latest"
     );
-    assert_eq!(migrate::down(&db.url, Some(1)).await?, vec![3, 2]);
+    assert_eq!(migrate::down(&db.url, Some(1)).await?, vec![4, 3, 2]);
     assert_eq!(
         status(db.url.clone()).await?,
-        [(1, Applied), (2, Pending), (3, Pending), (4, Pending)]
+        [
+            (1, Applied),
+            (2, Pending),
+            (3, Pending),
+            (4, Pending),
+            (5, Pending)
+        ]
     );
-    assert_eq!(migrate::up(&db.url).await?, vec![2, 3, 4]);
+    assert_eq!(migrate::up(&db.url).await?, vec![2, 3, 4, 5]);
     let store = db.open().await?;
     let kept = store
         .job("kept")
@@ -495,10 +510,16 @@ pub async fn migrations_go_down_and_up_keeping_data(db: &TestDb) -> anyhow::Resu
         .expect("data survives the later migrations' down and up");
     assert_eq!(kept.spec.priority, 3);
     drop(store);
-    assert_eq!(migrate::down(&db.url, Some(0)).await?, vec![4, 3, 2, 1]);
+    assert_eq!(migrate::down(&db.url, Some(0)).await?, vec![5, 4, 3, 2, 1]);
     assert_eq!(
         status(db.url.clone()).await?,
-        [(1, Pending), (2, Pending), (3, Pending), (4, Pending)]
+        [
+            (1, Pending),
+            (2, Pending),
+            (3, Pending),
+            (4, Pending),
+            (5, Pending)
+        ]
     );
     let store = db.open().await?;
     assert!(
@@ -512,7 +533,7 @@ pub async fn schema_mismatches_are_refused(db: &TestDb) -> anyhow::Result<()> {
     // Behind: --no-migrate refuses a database that lacks migrations.
     let behind = store::open(&DbOptions::new(db.url.clone()), false).await;
     assert!(
-        matches!(behind, Err(Error::SchemaBehind { ref pending }) if pending == &[1, 2, 3, 4]),
+        matches!(behind, Err(Error::SchemaBehind { ref pending }) if pending == &[1, 2, 3, 4, 5]),
         "{:?}",
         behind.err()
     );
@@ -536,7 +557,7 @@ pub async fn schema_mismatches_are_refused(db: &TestDb) -> anyhow::Result<()> {
             ahead,
             Err(Error::SchemaTooNew {
                 database: 9_999,
-                known: 4
+                known: 5
             })
         ),
         "{:?}",
@@ -584,6 +605,35 @@ pub async fn other_masters_hear_of_changes_when_the_database_is_shared(
     anyhow::bail!("no notification heard: {heard:?}")
 }
 
+pub async fn job_counts_group_by_state_and_priority(db: &TestDb) -> anyhow::Result<()> {
+    let store = db.open().await?;
+    assert_eq!(store.job_counts(100).await?, JobCounts::default());
+    submit(store.as_ref(), "a", 5, 100, 10).await?;
+    submit(store.as_ref(), "b", 5, 100, 20).await?;
+    submit(store.as_ref(), "c", 0, 100, 30).await?;
+    // Not runnable before 1000: it does not count as waiting yet.
+    submit(store.as_ref(), "later", 0, 100, 1000).await?;
+    // The highest priority first: "a" is leased.
+    assert_eq!(store.lease(lease_request("w1", 100, 1), 40).await?.len(), 1);
+    let mut counts = store.job_counts(100).await?;
+    counts.rows.sort_by_key(|r| (r.state.as_str(), r.priority));
+    let row = |state, priority, count| JobCount {
+        state,
+        priority,
+        count,
+    };
+    assert_eq!(
+        counts.rows,
+        vec![
+            row(JobState::Leased, 5, 1),
+            row(JobState::Queued, 0, 2),
+            row(JobState::Queued, 5, 1),
+        ]
+    );
+    assert_eq!(counts.oldest_runnable_ms, Some(20));
+    Ok(())
+}
+
 macro_rules! store_suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -619,4 +669,5 @@ store_suite!(
     migrations_go_down_and_up_keeping_data,
     schema_mismatches_are_refused,
     other_masters_hear_of_changes_when_the_database_is_shared,
+    job_counts_group_by_state_and_priority,
 );

@@ -143,7 +143,7 @@ fn main() -> anyhow::Result<()> {
 #[tokio::main]
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    ffleet_telemetry::init_logging(args.log_format);
+    let _telemetry = ffleet_telemetry::init(args.log_format, "ffleet-worker");
     let shutdown = ffleet_telemetry::shutdown_on_signals();
     let name = args.name.unwrap_or_else(|| {
         nix::unistd::gethostname()

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request};
+use tracing::Instrument;
 
 use crate::breaker::Breaker;
 use crate::capacity;
@@ -285,6 +286,20 @@ pub struct Worker {
 fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
     let mut request = Request::new(message);
     request.set_timeout(timeout);
+    request
+}
+
+/// `request` carrying the current span's context, so the master's handling
+/// of it joins the job's trace.
+fn traced<T>(mut request: Request<T>) -> Request<T> {
+    let parent = ffleet_telemetry::trace::traceparent(&tracing::Span::current());
+    if !parent.is_empty()
+        && let Ok(value) = parent.parse()
+    {
+        request
+            .metadata_mut()
+            .insert(ffleet_telemetry::trace::TRACEPARENT, value);
+    }
     request
 }
 
@@ -577,8 +592,12 @@ impl Worker {
             preset = spec.preset.name(),
             "job started"
         );
+        // The run joins the job's trace: a child of the master's lease span.
+        let run_span =
+            tracing::info_span!("job.run", job_id = %job_id, token, attempt = lease.attempt);
+        ffleet_telemetry::trace::set_parent(&run_span, &lease.trace_parent);
         let worker = self.clone();
-        tracker.spawn(async move {
+        let run = async move {
             let scratch = worker.shared.jobs_dir.join(format!("{job_id}-{token}"));
             let (progress_tx, progress_rx) = watch::channel(None);
             let finished = CancellationToken::new();
@@ -626,7 +645,9 @@ impl Worker {
                     scratch: &scratch,
                     cgroup: cgroup.as_ref(),
                 };
-                executor::execute(&worker.shared.exec, run, stop_rx, progress_tx).await
+                executor::execute(&worker.shared.exec, run, stop_rx, progress_tx)
+                    .instrument(tracing::info_span!("ffmpeg"))
+                    .await
             };
             finished.cancel();
             let _ = reporter.await;
@@ -659,7 +680,8 @@ impl Worker {
             worker.shared.metrics.observe_outcome(&job_id, &outcome);
             worker.count_for_quarantine(&outcome).await;
             worker.report(&job_id, token, outcome, usage).await;
-        });
+        };
+        tracker.spawn(run.instrument(run_span));
     }
 
     /// Returns a lease the worker cannot run: an infrastructure failure, so
@@ -777,7 +799,7 @@ impl Worker {
                         usage: usage.map(Into::into),
                     };
                     client
-                        .complete_job(with_timeout(request, RPC_TIMEOUT))
+                        .complete_job(traced(with_timeout(request, RPC_TIMEOUT)))
                         .await
                         .map(|_| ())
                 }
@@ -789,7 +811,7 @@ impl Worker {
                         usage: usage.map(Into::into),
                     };
                     client
-                        .fail_job(with_timeout(request, RPC_TIMEOUT))
+                        .fail_job(traced(with_timeout(request, RPC_TIMEOUT)))
                         .await
                         .map(|_| ())
                 }

@@ -47,9 +47,12 @@ impl Store for Metered {
         id: &str,
         idempotency_key: Option<&str>,
         spec: &JobSpec,
+        trace_parent: &str,
         now_ms: i64,
     ) -> Result<Submitted> {
-        let call = self.inner.submit(id, idempotency_key, spec, now_ms);
+        let call = self
+            .inner
+            .submit(id, idempotency_key, spec, trace_parent, now_ms);
         self.timed("submit", call).await
     }
 

@@ -40,6 +40,8 @@ pub struct JobRecord {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub finished_at_ms: Option<i64>,
+    /// The W3C traceparent of the job's submit span ("" without traces).
+    pub trace_parent: String,
 }
 
 /// One entry of a job's history.
@@ -182,6 +184,7 @@ pub trait Store: Send + Sync + 'static {
         id: &str,
         idempotency_key: Option<&str>,
         spec: &JobSpec,
+        trace_parent: &str,
         now_ms: i64,
     ) -> Result<Submitted>;
 

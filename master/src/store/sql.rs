@@ -40,7 +40,7 @@ pub const JOB_CHANNEL: &str = "ffleet_job";
 
 const JOB_COLUMNS: &str = "id, idempotency_key, spec, state, attempt, max_attempts, worker_id, \
     lease_token, lease_expires_at_ms, cancel_requested, not_before_ms, failure, progress, \
-    bandwidth, usage, created_at_ms, updated_at_ms, finished_at_ms";
+    bandwidth, usage, created_at_ms, updated_at_ms, finished_at_ms, trace_parent";
 
 pub struct SqlStore {
     dialect: Dialect,
@@ -334,6 +334,7 @@ fn job_from_row(row: &AnyRow) -> Result<JobRecord> {
         created_at_ms: int(row, "created_at_ms")?,
         updated_at_ms: int(row, "updated_at_ms")?,
         finished_at_ms: opt_int(row, "finished_at_ms")?,
+        trace_parent: row.try_get("trace_parent")?,
         id,
     })
 }
@@ -375,6 +376,7 @@ impl Store for SqlStore {
         id: &str,
         idempotency_key: Option<&str>,
         spec: &JobSpec,
+        trace_parent: &str,
         now_ms: i64,
     ) -> Result<Submitted> {
         let existing = |job: JobRecord, key: &str| {
@@ -394,8 +396,8 @@ impl Store for SqlStore {
         let inserted = sqlx::query(
             "INSERT INTO jobs (id, idempotency_key, spec, state, priority, cpu_millis, \
              memory_bytes, disk_bytes, attempt, max_attempts, cancel_requested, not_before_ms, \
-             created_at_ms, updated_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, 0, $10, $11, $12)",
+             created_at_ms, updated_at_ms, trace_parent) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, 0, $10, $11, $12, $13)",
         )
         .bind(id.to_owned())
         .bind(idempotency_key.map(str::to_owned))
@@ -409,6 +411,7 @@ impl Store for SqlStore {
         .bind(now_ms)
         .bind(now_ms)
         .bind(now_ms)
+        .bind(trace_parent.to_owned())
         .execute(&mut *tx)
         .await;
         if let (Err(sqlx::Error::Database(e)), Some(key)) = (&inserted, idempotency_key)
