@@ -363,6 +363,7 @@ async fn prometheus_answers_every_panel_and_alertmanager_pages_a_lost_worker() -
     // Kill the worker: the master declares it lost after the lease TTL,
     // the rule fires, Alertmanager pages.
     cluster.workers[0].child.kill().await?;
+    let killed = std::time::Instant::now();
     let page = tokio::time::timeout(Duration::from_secs(90), async {
         while let Some((path, body)) = pages.recv().await {
             let lost = body["alerts"].as_array().is_some_and(|alerts| {
@@ -382,7 +383,10 @@ async fn prometheus_answers_every_panel_and_alertmanager_pages_a_lost_worker() -
     let (path, body) = page;
     assert_eq!(path, "/pages", "routed as a page: {body}");
     assert_eq!(body["commonLabels"]["severity"], "page", "{body}");
-    eprintln!("page received at {path}: {body}");
+    eprintln!(
+        "figure: page received {:?} after the kill, at {path}: {body}",
+        killed.elapsed()
+    );
     Ok(())
 }
 
