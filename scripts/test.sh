@@ -27,3 +27,7 @@ cargo test --workspace --locked
 echo "== end-to-end tests again, masters on Postgres"
 FFLEET_IT_BACKEND=postgres cargo test --locked -p ffleet-it --test it -- \
   --skip store_suite --skip multi_master
+echo "== load-test smoke run: ffleet-load quick (results in target/load-results)"
+pg_args=()
+command -v psql >/dev/null 2>&1 && pg_args=(--postgres "$FFLEET_TEST_POSTGRES")
+target/debug/ffleet-load quick --out target/load-results "${pg_args[@]}"

@@ -113,7 +113,18 @@ impl Master {
                 self.shutdown.clone(),
             ))
         });
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
+        // Small request/response messages: without TCP_NODELAY, Nagle's
+        // algorithm meets the peer's delayed ACK and each exchange can stall
+        // for 40 ms (measured: 88 ms submit-to-start on an idle worker).
+        let incoming = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(self.listener),
+            |conn| {
+                if let Ok(stream) = &conn {
+                    let _ = stream.set_nodelay(true);
+                }
+                conn
+            },
+        );
         tracing::info!(%addr, "master serving");
         let served = tonic::transport::Server::builder()
             .layer(GrpcMetricsLayer::new(self.cluster.metrics().clone()))

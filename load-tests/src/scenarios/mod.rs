@@ -1,0 +1,5 @@
+pub mod efficiency;
+pub mod latency;
+pub mod scale;
+pub mod soak;
+pub mod throughput;
