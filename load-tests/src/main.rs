@@ -239,6 +239,7 @@ async fn run(args: &Args, bar: &Bar) -> anyhow::Result<(Report, bool)> {
              | ffmpeg directly | through ffleet | efficiency | queue wait | lease to start | run |\n\
              | --- | --- | --- | --- | --- | --- |\n\
              | {:.2} s | {:.2} s | {:.3} | {:.0} ms | {:.0} ms | {:.0} ms |\n\n\
+             The worker's phases per job (mean): {}.\n\n\
              Target: efficiency >= 0.97 ({}).\n",
             e.direct_seconds,
             e.cluster_seconds,
@@ -246,6 +247,11 @@ async fn run(args: &Args, bar: &Bar) -> anyhow::Result<(Report, bool)> {
             e.queue_wait_ms,
             e.start_ms,
             e.run_ms,
+            e.worker_phases_ms
+                .iter()
+                .map(|(p, ms)| format!("{p} {ms:.1} ms"))
+                .collect::<Vec<_>>()
+                .join(", "),
             verdict(e.efficiency >= 0.97)
         ));
         report.add("efficiency", &e)?;

@@ -43,9 +43,17 @@ pub struct ExecConfig {
     /// Benchmarks only: report a start and succeed at once, without FFmpeg,
     /// to measure the control plane alone.
     pub noop: bool,
+    /// Where the time of each phase goes.
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 impl ExecConfig {
+    fn phase(&self, phase: &str, since: Instant) {
+        if let Some(m) = &self.metrics {
+            m.observe_phase(phase, since.elapsed());
+        }
+    }
+
     /// The job's own grace period, capped by the worker's maximum.
     pub fn grace_for(&self, spec: &JobSpec) -> Duration {
         Duration::from_millis(spec.grace_ms).min(self.max_grace)
@@ -256,7 +264,10 @@ pub async fn execute(
     let input_str = input.to_string_lossy().into_owned();
 
     // 2. Probe before encoding: refuse what could steer FFmpeg elsewhere.
-    let summary = match guarded(probe(config, &input_str), &mut stop, deadline).await {
+    let probing = Instant::now();
+    let probed = guarded(probe(config, &input_str), &mut stop, deadline).await;
+    config.phase("probe", probing);
+    let summary = match probed {
         Ok(Ok(summary)) => summary,
         Ok(Err(outcome)) => return outcome,
         Err(why) => return stop_early(why),
@@ -353,6 +364,7 @@ async fn encode(
             let reason = format!("spawning {}: {e}", config.ffmpeg.display());
             failure(FailureKind::Infrastructure, "spawn_failed", reason, vec![])
         })?;
+    config.phase("spawn", started);
     let pid = child.id().map(|id| Pid::from_raw(id as i32));
 
     let duration_us = summary.duration_us.unwrap_or(0);
@@ -362,12 +374,17 @@ async fn encode(
         ..Progress::default()
     }));
     let stdout = child.stdout.take().expect("piped stdout");
+    let phase_config = config.clone();
     let progress_task = tokio::spawn(async move {
         let mut parser = ProgressParser::default();
         let mut lines = BufReader::new(stdout).lines();
         let mut last_out_time = 0;
+        let mut first = true;
         while let Ok(Some(line)) = lines.next_line().await {
             if let Some(sample) = parser.feed(&line) {
+                if std::mem::take(&mut first) {
+                    phase_config.phase("first_progress", started);
+                }
                 last_out_time = sample.out_time_us;
                 let _ = progress.send(Some(Progress {
                     out_time_us: sample.out_time_us,

@@ -20,6 +20,10 @@ pub const EXIT_REASONS: &[&str] = &[
     "cancelled_forced",
 ];
 
+/// The values of `ffleet_worker_job_phase_seconds{phase}`: where a job's
+/// overhead goes, for the efficiency load test and the worker dashboard.
+pub const JOB_PHASES: &[&str] = &["cgroup_setup", "probe", "spawn", "first_progress", "report"];
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -46,6 +50,7 @@ pub struct Metrics {
     pub zombies: IntGauge,
     pub quarantined: IntGauge,
     pub memory_guard_stops: IntCounter,
+    pub job_phases: prometheus::HistogramVec,
 }
 
 fn gauge(name: &str, help: &str) -> Gauge {
@@ -62,6 +67,12 @@ fn counter(name: &str, help: &str) -> IntCounter {
 
 fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
     Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())).unwrap()
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
 }
 
 impl Metrics {
@@ -172,6 +183,15 @@ impl Metrics {
                 "ffleet_worker_memory_guard_stops_total",
                 "Jobs stopped because host memory fell below the floor.",
             ),
+            job_phases: prometheus::HistogramVec::new(
+                HistogramOpts::new(
+                    "ffleet_worker_job_phase_seconds",
+                    "The worker's own time per job, by phase (cgroup_setup, probe, spawn, first_progress, report).",
+                )
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
+                &["phase"],
+            )
+            .unwrap(),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -198,6 +218,7 @@ impl Metrics {
             Box::new(m.zombies.clone()),
             Box::new(m.quarantined.clone()),
             Box::new(m.memory_guard_stops.clone()),
+            Box::new(m.job_phases.clone()),
         ];
         for c in collectors {
             m.registry
@@ -207,7 +228,16 @@ impl Metrics {
         for reason in EXIT_REASONS {
             m.ffmpeg_exits.with_label_values(&[reason]);
         }
+        for phase in JOB_PHASES {
+            m.job_phases.with_label_values(&[phase]);
+        }
         m
+    }
+
+    pub fn observe_phase(&self, phase: &str, took: std::time::Duration) {
+        self.job_phases
+            .with_label_values(&[phase])
+            .observe(took.as_secs_f64());
     }
 
     pub fn registry(&self) -> &Registry {

@@ -144,6 +144,7 @@ impl WorkerOptions {
             Some(addr) => Some(ffleet_telemetry::metrics::bind(addr).await?),
             None => None,
         };
+        let metrics = Metrics::new(ffleet_telemetry::metrics::registry());
         let exec = ExecConfig {
             confine_exe: std::env::current_exe()?,
             ffmpeg: self.ffmpeg.clone(),
@@ -153,6 +154,7 @@ impl WorkerOptions {
             max_download_bytes: self.max_download_bytes,
             http,
             noop: self.noop_executor,
+            metrics: Some(metrics.clone()),
         };
         Ok(Worker {
             shared: Arc::new(Shared {
@@ -171,7 +173,7 @@ impl WorkerOptions {
                 pending_acquire: AtomicU64::new(0),
                 identity: Mutex::new(Identity::default()),
                 master_sees_quarantine: AtomicBool::new(false),
-                metrics: Metrics::new(ffleet_telemetry::metrics::registry()),
+                metrics,
                 metrics_listener: Mutex::new(metrics_listener),
                 ffmpeg_version,
                 options: self,
@@ -617,6 +619,10 @@ impl Worker {
                                 setup_us = started.elapsed().as_micros() as u64,
                                 "cgroup ready"
                             );
+                            worker
+                                .shared
+                                .metrics
+                                .observe_phase("cgroup_setup", started.elapsed());
                             Some(cgroup)
                         }
                         Err(reason) => {
@@ -789,6 +795,7 @@ impl Worker {
         });
         let mut backoff = Backoff::default();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let reporting = std::time::Instant::now();
         loop {
             let (master, mut client) = self.master();
             let sent = match &outcome {
@@ -818,6 +825,9 @@ impl Worker {
             };
             match sent {
                 Ok(()) => {
+                    self.shared
+                        .metrics
+                        .observe_phase("report", reporting.elapsed());
                     match &outcome {
                         RunOutcome::Succeeded(b) => tracing::info!(
                             job_id,

@@ -31,6 +31,9 @@ pub struct Efficiency {
     /// Leased to running: the worker's start (cgroup, probe, spawn).
     pub start_ms: f64,
     pub run_ms: f64,
+    /// The worker's own per-job phases, mean ms: cgroup_setup, probe,
+    /// spawn, first_progress, report (ffleet_worker_job_phase_seconds).
+    pub worker_phases_ms: Vec<(String, f64)>,
 }
 
 /// Makes (once) `n` clips of `seconds` at `size` under `dir`.
@@ -140,7 +143,7 @@ pub async fn run(
     let database = Backend::Sqlite.fresh(&run_dir, "efficiency").await?;
     let master = cluster::spawn_master(&run_dir, &database, "master").await?;
     let cpu = parallelism.to_string();
-    let _worker = cluster::spawn_worker(
+    let worker = cluster::spawn_worker(
         &run_dir,
         "w0",
         std::slice::from_ref(&master.url),
@@ -192,6 +195,23 @@ pub async fn run(
     }
     let through = started.elapsed();
     bar.finish();
+    let mut worker_phases_ms = vec![];
+    for phase in ["cgroup_setup", "probe", "spawn", "first_progress", "report"] {
+        let label = format!("phase=\"{phase}\"");
+        let sum = cluster::scrape(
+            &worker.metrics_url,
+            "ffleet_worker_job_phase_seconds_sum",
+            &label,
+        )
+        .await?;
+        let count = cluster::scrape(
+            &worker.metrics_url,
+            "ffleet_worker_job_phase_seconds_count",
+            &label,
+        )
+        .await?;
+        worker_phases_ms.push((phase.to_owned(), 1000.0 * sum / count.max(1.0)));
+    }
 
     let at = |job: &v1::Job, state: JobState| {
         job.history
@@ -214,5 +234,6 @@ pub async fn run(
         queue_wait_ms: mean(&|j| at(j, JobState::Leased) - j.created_at_ms),
         start_ms: mean(&|j| at(j, JobState::Running) - at(j, JobState::Leased)),
         run_ms: mean(&|j| at(j, JobState::Succeeded) - at(j, JobState::Running)),
+        worker_phases_ms,
     })
 }
