@@ -22,7 +22,14 @@ pub const EXIT_REASONS: &[&str] = &[
 
 /// The values of `ffleet_worker_job_phase_seconds{phase}`: where a job's
 /// overhead goes, for the efficiency load test and the worker dashboard.
-pub const JOB_PHASES: &[&str] = &["cgroup_setup", "probe", "spawn", "first_progress", "report"];
+pub const JOB_PHASES: &[&str] = &[
+    "cgroup_setup",
+    "probe",
+    "spawn",
+    "first_progress",
+    "cleanup",
+    "report",
+];
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -186,7 +193,7 @@ impl Metrics {
             job_phases: prometheus::HistogramVec::new(
                 HistogramOpts::new(
                     "ffleet_worker_job_phase_seconds",
-                    "The worker's own time per job, by phase (cgroup_setup, probe, spawn, first_progress, report).",
+                    "The worker's own time per job, by phase (cgroup_setup, probe, spawn, first_progress, cleanup, report).",
                 )
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
                 &["phase"],

@@ -655,6 +655,7 @@ impl Worker {
                     .instrument(tracing::info_span!("ffmpeg"))
                     .await
             };
+            let cleaning = std::time::Instant::now();
             finished.cancel();
             let _ = reporter.await;
             let usage = cgroup.as_ref().map(|c| {
@@ -683,6 +684,10 @@ impl Worker {
                 .expect("running lock")
                 .remove(&job_id);
             worker.shared.ledger.release(&job_id);
+            worker
+                .shared
+                .metrics
+                .observe_phase("cleanup", cleaning.elapsed());
             worker.shared.metrics.observe_outcome(&job_id, &outcome);
             worker.count_for_quarantine(&outcome).await;
             worker.report(&job_id, token, outcome, usage).await;

@@ -10,6 +10,7 @@ use ffleet_core::JobState;
 use ffleet_core::spec::{SpecPolicy, SubmittedSpec, validate};
 use ffleet_proto::convert::job_state_from_wire;
 use ffleet_proto::v1;
+use futures::StreamExt;
 use serde::Serialize;
 
 use crate::cluster::{self, Backend};
@@ -175,13 +176,18 @@ pub async fn run(
             .into_inner();
         ids.push(job.id);
     }
+    // Watched, not polled: polling would take CPU from the encodes.
     let mut jobs = vec![];
     for id in &ids {
+        let mut updates = client
+            .watch_job(v1::WatchJobRequest { id: id.clone() })
+            .await?
+            .into_inner();
         loop {
-            let job = client
-                .get_job(v1::GetJobRequest { id: id.clone() })
-                .await?
-                .into_inner();
+            let job = updates
+                .next()
+                .await
+                .ok_or_else(|| anyhow::anyhow!("watch of {id} ended early"))??;
             match job_state_from_wire(job.state) {
                 Some(JobState::Succeeded) => {
                     jobs.push(job);
@@ -189,14 +195,21 @@ pub async fn run(
                     break;
                 }
                 Some(s) if s.is_final() => anyhow::bail!("job {id} ended {s:?}: {:?}", job.failure),
-                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                _ => {}
             }
         }
     }
     let through = started.elapsed();
     bar.finish();
     let mut worker_phases_ms = vec![];
-    for phase in ["cgroup_setup", "probe", "spawn", "first_progress", "report"] {
+    for phase in [
+        "cgroup_setup",
+        "probe",
+        "spawn",
+        "first_progress",
+        "cleanup",
+        "report",
+    ] {
         let label = format!("phase=\"{phase}\"");
         let sum = cluster::scrape(
             &worker.metrics_url,
