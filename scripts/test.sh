@@ -25,7 +25,10 @@ echo "== test Postgres at $FFLEET_TEST_POSTGRES"
 echo "== cargo test (masters on SQLite)"
 cargo test --workspace --locked
 echo "== end-to-end tests again, masters on Postgres"
-FFLEET_IT_BACKEND=postgres cargo test --locked -p ffleet-it --test it -- \
+# The same cargo invocation as above, so nothing is rebuilt (a -p selection
+# resolves features differently and recompiles dozens of crates); the
+# unit tests rerun too, in seconds.
+FFLEET_IT_BACKEND=postgres cargo test --workspace --locked -- \
   --skip store_suite --skip multi_master
 echo "== load-test smoke run: ffleet-load quick (results in target/load-results)"
 pg_args=()
