@@ -112,8 +112,7 @@ impl Cluster {
             self.store().workers().await,
         ) {
             (Ok(counts), Ok(workers)) => {
-                let states: Vec<(WorkerState, i64)> =
-                    workers.iter().map(|(w, _)| (w.state, 1)).collect();
+                let states: Vec<WorkerState> = workers.iter().map(|(w, _)| w.state).collect();
                 metrics.set_counts(&counts, &states, now);
             }
             (Err(e), _) | (_, Err(e)) => {

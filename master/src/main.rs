@@ -135,7 +135,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         retry_backoff: args.retry_backoff,
         max_attempts: args.max_attempts,
         default_timeout: args.default_timeout,
-        metrics_listen: (args.metrics_listen != "off").then_some(args.metrics_listen),
+        metrics_listen: ffleet_telemetry::metrics::listen_addr(args.metrics_listen),
     };
     let master = options
         .build(shutdown)

@@ -301,7 +301,7 @@ impl Metrics {
     }
 
     /// Sets the gauges read from the database at scrape time.
-    pub fn set_counts(&self, counts: &JobCounts, workers: &[(WorkerState, i64)], now_ms: i64) {
+    pub fn set_counts(&self, counts: &JobCounts, workers: &[WorkerState], now_ms: i64) {
         for state in &JobState::ALL {
             let n: i64 = counts
                 .rows
@@ -323,12 +323,10 @@ impl Metrics {
             .map_or(0.0, |at| (now_ms - at).max(0) as f64 / 1000.0);
         self.queue_oldest_age.set(age);
         for state in &WorkerState::ALL {
-            let n = workers
-                .iter()
-                .filter(|(s, _)| s == state)
-                .map(|(_, n)| *n)
-                .sum();
-            self.workers.with_label_values(&[state.as_str()]).set(n);
+            let n = workers.iter().filter(|s| *s == state).count();
+            self.workers
+                .with_label_values(&[state.as_str()])
+                .set(n as i64);
         }
     }
 
@@ -462,10 +460,10 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path();
+        let name = request.uri().path().rsplit('/').next().unwrap_or("");
         let method = GRPC_METHODS
             .iter()
-            .find(|m| path.rsplit('/').next() == Some(**m))
+            .find(|m| **m == name)
             .copied()
             .unwrap_or("other");
         let metrics = self.metrics.clone();

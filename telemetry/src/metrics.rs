@@ -44,6 +44,11 @@ pub fn registry() -> Registry {
     registry
 }
 
+/// The `--metrics-listen` flag's address, `None` for `off`.
+pub fn listen_addr(flag: String) -> Option<String> {
+    (flag != "off").then_some(flag)
+}
+
 /// Binds the metrics listener; an error names the address.
 pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| {

@@ -517,6 +517,15 @@ pub fn clip(seconds: u32, size: &str) -> PathBuf {
     path
 }
 
+/// A job's resource request with 1 GiB of scratch disk.
+pub fn resources(cpu_millis: u32, memory_bytes: u64) -> Option<v1::Resources> {
+    Some(v1::Resources {
+        cpu_millis,
+        memory_bytes,
+        disk_bytes: 1 << 30,
+    })
+}
+
 pub fn spec(input: &Path, output: &str, preset: &str) -> v1::JobSpec {
     v1::JobSpec {
         input: input.to_string_lossy().into_owned(),

@@ -36,14 +36,6 @@ fn cgroups_usable() -> bool {
     writable
 }
 
-fn resources(cpu_millis: u32, memory_bytes: u64) -> Option<v1::Resources> {
-    Some(v1::Resources {
-        cpu_millis,
-        memory_bytes,
-        disk_bytes: 1 << 30,
-    })
-}
-
 fn failure_code(job: &v1::Job) -> String {
     job.failure
         .as_ref()

@@ -103,11 +103,7 @@ async fn put_to_work(client: &mut JobServiceClient<Channel>) -> anyhow::Result<v
     )
     .await?;
     let mut huge = spec(&clip(1, "160x120"), "huge.mp4", "h264-480p");
-    huge.resources = Some(v1::Resources {
-        cpu_millis: 64_000,
-        memory_bytes: 1 << 30,
-        disk_bytes: 1 << 30,
-    });
+    huge.resources = resources(64_000, 1 << 30);
     huge.priority = 5;
     submit(client, huge).await?;
     let done = wait_final(client, &ok.id, Duration::from_secs(60)).await?;

@@ -172,7 +172,7 @@ async fn run() -> anyhow::Result<()> {
         memory_floor: args.memory_floor,
         quarantine_after: args.quarantine_after,
         quarantine_cooldown: args.quarantine_cooldown,
-        metrics_listen: (args.metrics_listen != "off").then_some(args.metrics_listen),
+        metrics_listen: ffleet_telemetry::metrics::listen_addr(args.metrics_listen),
     };
     let worker = options
         .build(shutdown)
