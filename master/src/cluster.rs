@@ -14,12 +14,13 @@ use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::batch::{BatchWrite, Batcher};
 use crate::error::{Error, Result};
 use crate::grpc::{job_to_wire, status};
 use crate::metrics::Metrics;
 use crate::store::{
-    Attachments, Change, JobRecord, LeaseRef, LeaseRequest, Store, Submitted, WorkerRecord,
-    WorkerReport, WorkerState,
+    ApplyRequest, Attachments, Change, Each, JobRecord, LeaseRef, LeaseRequest, Store,
+    SubmitRequest, Submitted, TransitionRecord, WorkerRecord, WorkerReport, WorkerState,
 };
 
 /// Sent on `job_changes` when any job may have changed.
@@ -53,6 +54,9 @@ struct Inner {
     /// Free resources a worker reported (by heartbeat) for its pending
     /// AcquireJobs, keyed by worker: (acquire_seq, free).
     pending_free: Mutex<HashMap<String, (u64, Resources)>>,
+    /// Submissions and state events, written by group commit.
+    submits: Batcher<Submits>,
+    applies: Batcher<Applies>,
     metrics: Metrics,
     shutdown: CancellationToken,
 }
@@ -77,6 +81,23 @@ impl Cluster {
         shutdown: CancellationToken,
     ) -> Self {
         let (job_changes, _) = broadcast::channel(1024);
+        let writers = store.write_concurrency();
+        let sizes = |op: &str| metrics.db_batch_size.with_label_values(&[op]);
+        let submits = Batcher::spawn(
+            Submits {
+                store: store.clone(),
+            },
+            writers,
+            sizes("submit"),
+        );
+        let applies = Batcher::spawn(
+            Applies {
+                store: store.clone(),
+                retry: config.retry.clone(),
+            },
+            writers,
+            sizes("apply"),
+        );
         Cluster {
             inner: Arc::new(Inner {
                 store,
@@ -84,6 +105,8 @@ impl Cluster {
                 work_available: Notify::new(),
                 job_changes,
                 pending_free: Mutex::new(HashMap::new()),
+                submits,
+                applies,
                 metrics,
                 shutdown,
             }),
@@ -131,28 +154,35 @@ impl Cluster {
         trace_parent: &str,
     ) -> Result<v1::Job> {
         let spec = spec::validate(raw, &self.inner.config.policy)?;
-        let id = uuid::Uuid::now_v7().to_string();
-        let job = match self
-            .store()
-            .submit(&id, key.as_deref(), &spec, trace_parent, now_ms())
-            .await?
-        {
+        let request = SubmitRequest {
+            id: uuid::Uuid::now_v7().to_string(),
+            idempotency_key: key,
+            spec,
+            trace_parent: trace_parent.to_owned(),
+        };
+        let preset = request.spec.preset;
+        match self.inner.submits.call(request).await? {
             Submitted::Created(job) => {
-                tracing::info!(job_id = %job.id, preset = spec.preset.name(), "job submitted");
+                tracing::info!(job_id = %job.id, preset = preset.name(), "job submitted");
                 self.inner.metrics.submissions.inc();
                 self.inner.work_available.notify_waiters();
-                job
+                // A new job's history is known without asking.
+                let history = vec![TransitionRecord::submitted(job.created_at_ms)];
+                self.to_wire(job, history).await
             }
             Submitted::Existing(job) => {
                 tracing::info!(job_id = %job.id, "idempotent resubmission");
-                job
+                self.with_history(job).await
             }
-        };
-        self.with_history(job).await
+        }
     }
 
     async fn with_history(&self, job: JobRecord) -> Result<v1::Job> {
         let history = self.store().history(&job.id).await?;
+        self.to_wire(job, history).await
+    }
+
+    async fn to_wire(&self, job: JobRecord, history: Vec<TransitionRecord>) -> Result<v1::Job> {
         let pending_reason = self.pending_reason(&job).await?;
         let mut wire = job_to_wire(job, history);
         wire.pending_reason = pending_reason;
@@ -226,11 +256,13 @@ impl Cluster {
         attachments: Attachments,
     ) -> Result<(JobRecord, Outcome)> {
         let event_name = event.name();
-        let now = now_ms();
-        let (job, outcome) = self
-            .store()
-            .apply(id, event, attachments, now, &self.inner.config.retry)
-            .await?;
+        let request = ApplyRequest {
+            id: id.to_owned(),
+            event,
+            attachments,
+        };
+        let (job, outcome) = self.inner.applies.call(request).await?;
+        let now = job.updated_at_ms;
         if let Some(t) = &outcome.transition {
             tracing::info!(job_id = %id, event = event_name, from = %t.from, to = %t.to, reason = %t.reason, "job transition");
             self.inner
@@ -575,6 +607,37 @@ impl Cluster {
                 tracing::error!(error = %e, "reaper sweep failed");
             }
         }
+    }
+}
+
+/// Submissions, many to a transaction.
+struct Submits {
+    store: Arc<dyn Store>,
+}
+
+#[async_trait::async_trait]
+impl BatchWrite for Submits {
+    type Request = SubmitRequest;
+    type Response = Submitted;
+
+    async fn write(&self, requests: &[SubmitRequest]) -> Result<Each<Submitted>> {
+        self.store.submit_many(requests, now_ms()).await
+    }
+}
+
+/// State events, many to a transaction.
+struct Applies {
+    store: Arc<dyn Store>,
+    retry: RetryPolicy,
+}
+
+#[async_trait::async_trait]
+impl BatchWrite for Applies {
+    type Request = ApplyRequest;
+    type Response = (JobRecord, Outcome);
+
+    async fn write(&self, requests: &[ApplyRequest]) -> Result<Each<(JobRecord, Outcome)>> {
+        self.store.apply_many(requests, now_ms(), &self.retry).await
     }
 }
 

@@ -38,6 +38,8 @@ pub enum Error {
          run `ffleet-master migrate up`"
     )]
     SchemaBehind { pending: Vec<i64> },
+    #[error("the master is shutting down")]
+    ShuttingDown,
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }

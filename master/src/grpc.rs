@@ -41,6 +41,7 @@ pub fn status(err: Error) -> Status {
         Error::JobNotFound(_) => Status::not_found(message),
         Error::UnknownWorker(_) | Error::Step(_) => Status::failed_precondition(message),
         Error::IdempotencyConflict(_) => Status::already_exists(message),
+        Error::ShuttingDown => Status::unavailable(message),
         Error::Database(_)
         | Error::Migrate(_)
         | Error::Corrupt(_)

@@ -1,6 +1,7 @@
 //! The ffleet master: a gRPC server over a job store. See
 //! `docs/ARCHITECTURE.md` for the map.
 
+pub mod batch;
 pub mod cluster;
 pub mod error;
 pub mod grpc;

@@ -27,6 +27,12 @@ const SHORT_BUCKETS: &[f64] = &[
     0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
+/// Requests per transaction, from 1 to the batcher's cap (128).
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+
+/// The store operations whose requests are batched (group commit).
+pub const BATCHED_OPERATIONS: &[&str] = &["submit", "apply"];
+
 /// The store operations timed in `ffleet_db_query_duration_seconds`.
 pub const DB_OPERATIONS: &[&str] = &[
     "submit",
@@ -73,6 +79,7 @@ pub struct Metrics {
     pub db_acquire_wait_seconds: prometheus::Counter,
     pub db_query_duration: HistogramVec,
     pub db_errors: IntCounterVec,
+    pub db_batch_size: HistogramVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -225,6 +232,15 @@ impl Metrics {
                 &["operation"],
             )
             .unwrap(),
+            db_batch_size: HistogramVec::new(
+                histogram(
+                    "ffleet_db_batch_size",
+                    "Requests written in one transaction by group commit, by operation.",
+                    BATCH_BUCKETS,
+                ),
+                &["operation"],
+            )
+            .unwrap(),
             registry,
         };
         m.register_all();
@@ -256,6 +272,7 @@ impl Metrics {
             Box::new(self.db_acquire_wait_seconds.clone()),
             Box::new(self.db_query_duration.clone()),
             Box::new(self.db_errors.clone()),
+            Box::new(self.db_batch_size.clone()),
         ];
         for c in collectors {
             self.registry
@@ -293,6 +310,9 @@ impl Metrics {
         for op in DB_OPERATIONS {
             self.db_query_duration.with_label_values(&[op]);
             self.db_errors.with_label_values(&[op]);
+        }
+        for op in BATCHED_OPERATIONS {
+            self.db_batch_size.with_label_values(&[op]);
         }
     }
 

@@ -11,8 +11,9 @@ use ffleet_core::state::{Event, Failure, FailureKind, JobState, RetryPolicy, Ste
 use ffleet_master::Error;
 use ffleet_master::migrate::{self, MigrationState};
 use ffleet_master::store::{
-    self, Attachments, Change, DbOptions, JobCount, JobCounts, LeaseRef, LeaseRequest, SqlStore,
-    Store, Submitted, WorkerRecord, WorkerReport, WorkerState,
+    self, ApplyRequest, Attachments, Change, DbOptions, JobCount, JobCounts, LeaseRef,
+    LeaseRequest, SqlStore, Store, SubmitRequest, Submitted, TransitionRecord, WorkerRecord,
+    WorkerReport, WorkerState,
 };
 
 use crate::helpers::{Backend, fresh_database};
@@ -176,6 +177,125 @@ pub async fn apply_steps_the_state_machine_and_fences_tokens(db: &TestDb) -> any
             .await,
         Err(Error::JobNotFound(_))
     ));
+    Ok(())
+}
+
+fn apply_request(id: &str, event: Event) -> ApplyRequest {
+    ApplyRequest {
+        id: id.into(),
+        event,
+        attachments: Attachments::default(),
+    }
+}
+
+/// Group commit: one transaction carries many callers' events, each seeing
+/// what the ones before it did, each failing alone.
+pub async fn a_batch_of_events_applies_in_order_and_each_fails_alone(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    let store = db.open().await?;
+    submit(store.as_ref(), "a", 0, 100, 1).await?;
+    submit(store.as_ref(), "b", 0, 100, 2).await?;
+    let leased = store.lease(lease_request("w1", 1000, 2), 10).await?;
+    let (a, b) = (token_of(&leased[0]), token_of(&leased[1]));
+    let batch = [
+        apply_request("a", Event::Start { token: a }),
+        apply_request("b", Event::Start { token: b + 7 }),
+        apply_request("a", Event::Complete { token: a }),
+        apply_request("missing", Event::Cancel),
+        apply_request("b", Event::Start { token: b }),
+        apply_request("a", Event::Cancel),
+    ];
+    let results = store.apply_many(&batch, 20, &RETRY).await?;
+    assert_eq!(results.len(), batch.len());
+    let state = |i: usize| -> Option<JobState> {
+        results[i].as_ref().ok().map(|(job, _)| job.status.state)
+    };
+    assert_eq!(state(0), Some(JobState::Running));
+    assert!(
+        matches!(results[1], Err(Error::Step(StepError::StaleLease { .. }))),
+        "{:?}",
+        results[1]
+    );
+    // The third event sees the job the first one started.
+    assert_eq!(state(2), Some(JobState::Succeeded));
+    assert!(matches!(results[3], Err(Error::JobNotFound(_))));
+    assert_eq!(state(4), Some(JobState::Running));
+    assert!(
+        matches!(results[5], Err(Error::Step(StepError::NotAllowed { .. }))),
+        "{:?}",
+        results[5]
+    );
+    // What was returned is what was stored, histories included.
+    for (id, i) in [("a", 2), ("b", 4)] {
+        let stored = store.job(id).await?.unwrap();
+        assert_eq!(&stored, &results[i].as_ref().unwrap().0, "job {id}");
+    }
+    let a_states: Vec<JobState> = store.history("a").await?.iter().map(|t| t.to).collect();
+    assert_eq!(
+        a_states,
+        [
+            JobState::Queued,
+            JobState::Leased,
+            JobState::Running,
+            JobState::Succeeded
+        ]
+    );
+    let b_history = store.history("b").await?;
+    assert_eq!(b_history.len(), 3, "the stale start left no trace");
+    assert_eq!(b_history[2].lease_token, Some(b));
+    assert!(store.apply_many(&[], 30, &RETRY).await?.is_empty());
+    Ok(())
+}
+
+/// Group commit of submissions: keys repeated within a batch or already
+/// stored resolve to one job; a created job reads back as returned.
+pub async fn a_batch_of_submissions_resolves_keys_and_reads_back(
+    db: &TestDb,
+) -> anyhow::Result<()> {
+    let store = db.open().await?;
+    store
+        .submit("old", Some("k-old"), &spec("old.mp4", 0, 100), "", 1)
+        .await?;
+    let request = |id: &str, key: Option<&str>, output: &str| SubmitRequest {
+        id: id.into(),
+        idempotency_key: key.map(Into::into),
+        spec: spec(output, 0, 100),
+        trace_parent: String::new(),
+    };
+    let batch = [
+        request("j1", Some("k1"), "one.mp4"),
+        request("j2", Some("k1"), "one.mp4"),
+        request("j3", Some("k1"), "other.mp4"),
+        request("j4", None, "four.mp4"),
+        request("j5", Some("k-old"), "old.mp4"),
+        request("j6", Some("k-old"), "changed.mp4"),
+    ];
+    let results = store.submit_many(&batch, 5).await?;
+    let id_of = |i: usize| match &results[i] {
+        Ok(Submitted::Created(j)) => ("created", j.id.clone()),
+        Ok(Submitted::Existing(j)) => ("existing", j.id.clone()),
+        Err(e) => ("error", e.to_string()),
+    };
+    assert_eq!(id_of(0), ("created", "j1".into()));
+    assert_eq!(id_of(1), ("existing", "j1".into()));
+    assert!(matches!(results[2], Err(Error::IdempotencyConflict(_))));
+    assert_eq!(id_of(3), ("created", "j4".into()));
+    assert_eq!(id_of(4), ("existing", "old".into()));
+    assert!(matches!(results[5], Err(Error::IdempotencyConflict(_))));
+    for i in [0, 3] {
+        let Ok(Submitted::Created(job)) = &results[i] else {
+            unreachable!()
+        };
+        assert_eq!(store.job(&job.id).await?.as_ref(), Some(job));
+        assert_eq!(
+            store.history(&job.id).await?,
+            [TransitionRecord::submitted(5)]
+        );
+    }
+    for id in ["j2", "j3", "j5", "j6"] {
+        assert!(store.job(id).await?.is_none(), "{id} was not inserted");
+    }
     Ok(())
 }
 
@@ -660,6 +780,8 @@ macro_rules! store_suite {
 store_suite!(
     submit_is_idempotent_per_key,
     apply_steps_the_state_machine_and_fences_tokens,
+    a_batch_of_events_applies_in_order_and_each_fails_alone,
+    a_batch_of_submissions_resolves_keys_and_reads_back,
     lease_follows_priority_fit_and_backoff,
     concurrent_masters_never_lease_a_job_twice,
     renew_extends_live_leases_and_revokes_the_rest,

@@ -8,14 +8,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use ffleet_core::spec::JobSpec;
-use ffleet_core::state::{Event, JobState, Outcome, RetryPolicy};
+use ffleet_core::state::{JobState, Outcome, RetryPolicy};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Attachments, Change, JobCounts, JobRecord, LeaseRef, LeaseRequest, PoolStats, Store, Submitted,
-    TransitionRecord, WorkerRecord, WorkerReport, WorkerState,
+    ApplyRequest, Change, Each, JobCounts, JobRecord, LeaseRef, LeaseRequest, PoolStats, Store,
+    SubmitRequest, Submitted, TransitionRecord, WorkerRecord, WorkerReport, WorkerState,
 };
 use crate::error::Result;
 use crate::metrics::Metrics;
@@ -42,17 +41,12 @@ impl Metered {
 
 #[async_trait]
 impl Store for Metered {
-    async fn submit(
+    async fn submit_many(
         &self,
-        id: &str,
-        idempotency_key: Option<&str>,
-        spec: &JobSpec,
-        trace_parent: &str,
+        requests: &[SubmitRequest],
         now_ms: i64,
-    ) -> Result<Submitted> {
-        let call = self
-            .inner
-            .submit(id, idempotency_key, spec, trace_parent, now_ms);
+    ) -> Result<Each<Submitted>> {
+        let call = self.inner.submit_many(requests, now_ms);
         self.timed("submit", call).await
     }
 
@@ -74,15 +68,13 @@ impl Store for Metered {
         self.timed("list_jobs", call).await
     }
 
-    async fn apply(
+    async fn apply_many(
         &self,
-        id: &str,
-        event: Event,
-        attachments: Attachments,
+        requests: &[ApplyRequest],
         now_ms: i64,
         retry: &RetryPolicy,
-    ) -> Result<(JobRecord, Outcome)> {
-        let call = self.inner.apply(id, event, attachments, now_ms, retry);
+    ) -> Result<Each<(JobRecord, Outcome)>> {
+        let call = self.inner.apply_many(requests, now_ms, retry);
         self.timed("apply", call).await
     }
 
@@ -168,5 +160,9 @@ impl Store for Metered {
 
     fn pool_stats(&self) -> PoolStats {
         self.inner.pool_stats()
+    }
+
+    fn write_concurrency(&self) -> usize {
+        self.inner.write_concurrency()
     }
 }

@@ -1,10 +1,12 @@
 //! The one narrow interface through which the master reads and writes its
 //! state. Only implementations of [`Store`] touch SQL.
 //!
-//! Every change of a job's state goes through [`Store::apply`], which loads
-//! the job, runs the pure state machine (`ffleet_core::state::step`) and
-//! persists the outcome in one transaction: fencing and transitions are
-//! decided in one place, whatever the backend.
+//! Every change of a job's state goes through [`Store::apply_many`], which
+//! loads the jobs, runs the pure state machine (`ffleet_core::state::step`)
+//! and persists the outcomes in one transaction: fencing and transitions
+//! are decided in one place, whatever the backend. Writes take slices so
+//! that many callers' requests share a transaction (the master's
+//! `batch` module gathers them); the one-job forms are thin wrappers.
 
 pub mod dialect;
 mod listen;
@@ -166,6 +168,38 @@ pub struct LeaseRef {
     pub token: u64,
 }
 
+/// One event for [`Store::apply_many`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApplyRequest {
+    pub id: String,
+    pub event: Event,
+    pub attachments: Attachments,
+}
+
+/// One new job for [`Store::submit_many`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubmitRequest {
+    pub id: String,
+    pub idempotency_key: Option<String>,
+    pub spec: JobSpec,
+    /// The W3C traceparent of the submit span ("" without traces).
+    pub trace_parent: String,
+}
+
+impl TransitionRecord {
+    /// The entry every job's history starts with.
+    pub fn submitted(at_ms: i64) -> TransitionRecord {
+        TransitionRecord {
+            from: JobState::Queued,
+            to: JobState::Queued,
+            at_ms,
+            reason: "submitted".into(),
+            worker_id: None,
+            lease_token: None,
+        }
+    }
+}
+
 /// A worker asking for work.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseRequest<'a> {
@@ -175,10 +209,20 @@ pub struct LeaseRequest<'a> {
     pub ttl_ms: i64,
 }
 
+/// The outcome of each request of a batch, in request order. A request
+/// that fails on its own (unknown job, stale lease, idempotency conflict)
+/// fails alone; the others still commit.
+pub type Each<T> = Vec<Result<T>>;
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Inserts a new queued job, or returns the job an idempotency key
-    /// already names (an error if its spec differs).
+    /// Inserts new queued jobs in one transaction; for each, returns the
+    /// job, or the job its idempotency key already names (an error if its
+    /// spec differs). The outer error is the database's: nothing committed.
+    async fn submit_many(&self, requests: &[SubmitRequest], now_ms: i64)
+    -> Result<Each<Submitted>>;
+
+    /// [`Store::submit_many`] for one job.
     async fn submit(
         &self,
         id: &str,
@@ -186,7 +230,15 @@ pub trait Store: Send + Sync + 'static {
         spec: &JobSpec,
         trace_parent: &str,
         now_ms: i64,
-    ) -> Result<Submitted>;
+    ) -> Result<Submitted> {
+        let request = SubmitRequest {
+            id: id.to_owned(),
+            idempotency_key: idempotency_key.map(str::to_owned),
+            spec: spec.clone(),
+            trace_parent: trace_parent.to_owned(),
+        };
+        only(self.submit_many(&[request], now_ms).await?)
+    }
 
     async fn job(&self, id: &str) -> Result<Option<JobRecord>>;
 
@@ -200,7 +252,17 @@ pub trait Store: Send + Sync + 'static {
         before_id: Option<&str>,
     ) -> Result<Vec<JobRecord>>;
 
-    /// Loads the job, steps the state machine, persists the outcome.
+    /// For each request in order: loads the job (as the requests before it
+    /// left it), steps the state machine, and persists every outcome in one
+    /// transaction.
+    async fn apply_many(
+        &self,
+        requests: &[ApplyRequest],
+        now_ms: i64,
+        retry: &RetryPolicy,
+    ) -> Result<Each<(JobRecord, Outcome)>>;
+
+    /// [`Store::apply_many`] for one event.
     async fn apply(
         &self,
         id: &str,
@@ -208,7 +270,14 @@ pub trait Store: Send + Sync + 'static {
         attachments: Attachments,
         now_ms: i64,
         retry: &RetryPolicy,
-    ) -> Result<(JobRecord, Outcome)>;
+    ) -> Result<(JobRecord, Outcome)> {
+        let request = ApplyRequest {
+            id: id.to_owned(),
+            event,
+            attachments,
+        };
+        only(self.apply_many(&[request], now_ms, retry).await?)
+    }
 
     /// Leases queued jobs that fit the worker's free resources, chosen by
     /// `ffleet_core::placement::place`, atomically.
@@ -276,6 +345,18 @@ pub trait Store: Send + Sync + 'static {
     async fn job_counts(&self, now_ms: i64) -> Result<JobCounts>;
 
     fn pool_stats(&self) -> PoolStats;
+
+    /// How many write transactions are worth running at once: one for a
+    /// database with a single writer, more where row locks let writers
+    /// proceed side by side.
+    fn write_concurrency(&self) -> usize;
+}
+
+/// The one result of a batch of one.
+pub(crate) fn only<T>(each: Each<T>) -> Result<T> {
+    each.into_iter()
+        .next()
+        .unwrap_or_else(|| Err(Error::Corrupt("a batch of one came back empty".into())))
 }
 
 /// One row of [`Store::job_counts`].

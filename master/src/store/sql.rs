@@ -9,7 +9,7 @@
 //! what must be serialized across masters, and `NOTIFY` inside each
 //! transaction tells the other masters what changed when it commits.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -17,7 +17,6 @@ use async_trait::async_trait;
 use ffleet_core::Resources;
 use ffleet_core::placement::{self, Candidate, Slot};
 use ffleet_core::report::Progress;
-use ffleet_core::spec::JobSpec;
 use ffleet_core::state::{self, Event, JobState, JobStatus, Lease, Outcome, RetryPolicy};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::pool::PoolConnection;
@@ -27,13 +26,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::dialect::{DbOptions, Dialect};
 use super::{
-    Attachments, Change, JobCount, JobCounts, JobRecord, LeaseRef, LeaseRequest, PoolStats, Store,
-    Submitted, TransitionRecord, WorkerRecord, WorkerReport, WorkerState, from_json, json,
+    ApplyRequest, Attachments, Change, Each, JobCount, JobCounts, JobRecord, LeaseRef,
+    LeaseRequest, PoolStats, Store, SubmitRequest, Submitted, TransitionRecord, WorkerRecord,
+    WorkerReport, WorkerState, from_json, json,
 };
 use crate::error::{Error, Result};
 
 /// How many queued jobs one lease call considers.
 const SCAN_LIMIT: i64 = 256;
+/// Rows per multi-row statement: far below both databases' limits on
+/// placeholders (SQLite 32,766; Postgres 65,535) at 15 columns a row.
+const ROWS_PER_STATEMENT: usize = 256;
 /// NOTIFY channels (Postgres).
 pub const WORK_CHANNEL: &str = "ffleet_work";
 pub const JOB_CHANNEL: &str = "ffleet_job";
@@ -135,158 +138,309 @@ impl SqlStore {
         Ok(conn)
     }
 
-    /// Tells other masters, at commit, that `channel` has news.
+    /// Tells other masters, at commit, that `channel` has news: one
+    /// notification per payload.
     async fn notify(
         &self,
         tx: &mut Transaction<'static, Any>,
         channel: &str,
-        payload: &str,
+        payloads: &[&str],
     ) -> Result<()> {
-        if self.dialect.is_shared() {
-            sqlx::query("SELECT 1 FROM (SELECT pg_notify($1, $2)) AS sent")
-                .bind(channel)
-                .bind(payload)
-                .execute(&mut **tx)
-                .await?;
+        if !self.dialect.is_shared() {
+            return Ok(());
+        }
+        for chunk in payloads.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT 1 FROM (SELECT pg_notify($1, v.column1) FROM (VALUES {}) AS v) AS sent",
+                value_rows(2, chunk.len(), 1)
+            );
+            let mut query = sqlx::query(&sql).bind(channel);
+            for payload in chunk {
+                query = query.bind(payload.to_string());
+            }
+            query.execute(&mut **tx).await?;
         }
         Ok(())
     }
 
-    async fn load_job(
+    /// The jobs `ids` names, locked for update (in id order, so two
+    /// transactions locking overlapping sets cannot deadlock).
+    async fn load_jobs<'a>(
         &self,
         tx: &mut Transaction<'static, Any>,
-        id: &str,
-    ) -> Result<Option<JobRecord>> {
-        let sql = format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1{}",
-            self.dialect.for_update()
-        );
-        sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(&mut **tx)
-            .await?
-            .map(|row| job_from_row(&row))
-            .transpose()
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<HashMap<String, JobRecord>> {
+        let ids: BTreeSet<&str> = ids.into_iter().collect();
+        let mut jobs = HashMap::with_capacity(ids.len());
+        let ids: Vec<&str> = ids.into_iter().collect();
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({}) ORDER BY id{}",
+                params(1, chunk.len()),
+                self.dialect.for_update()
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id.to_string());
+            }
+            for row in query.fetch_all(&mut **tx).await? {
+                let job = job_from_row(&row)?;
+                jobs.insert(job.id.clone(), job);
+            }
+        }
+        Ok(jobs)
     }
 
-    async fn job_by_key(&self, key: &str) -> Result<Option<JobRecord>> {
-        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key = $1");
-        let mut conn = self.write().await?;
-        sqlx::query(&sql)
-            .bind(key)
-            .fetch_optional(&mut *conn)
-            .await?
-            .map(|row| job_from_row(&row))
-            .transpose()
-    }
-
-    /// Writes a job's new status, and its transition if there was one.
-    async fn persist(
+    /// The jobs that hold these idempotency keys.
+    async fn jobs_by_key<'a>(
         &self,
         tx: &mut Transaction<'static, Any>,
-        job: &mut JobRecord,
-        outcome: &Outcome,
-        attachments: Attachments,
-        now_ms: i64,
+        keys: impl IntoIterator<Item = &'a str>,
+    ) -> Result<HashMap<String, JobRecord>> {
+        let keys: Vec<&str> = keys
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut jobs = HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key IN ({})",
+                params(1, chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for key in chunk {
+                query = query.bind(key.to_string());
+            }
+            for row in query.fetch_all(&mut **tx).await? {
+                let job = job_from_row(&row)?;
+                if let Some(key) = job.idempotency_key.clone() {
+                    jobs.insert(key, job);
+                }
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// Inserts new jobs, skipping any whose idempotency key another
+    /// transaction took first; returns the ids inserted.
+    async fn insert_jobs(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        jobs: &[JobRecord],
+    ) -> Result<HashSet<String>> {
+        let mut inserted = HashSet::with_capacity(jobs.len());
+        for chunk in jobs.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO jobs (id, idempotency_key, spec, state, priority, cpu_millis, \
+                 memory_bytes, disk_bytes, attempt, max_attempts, cancel_requested, \
+                 not_before_ms, created_at_ms, updated_at_ms, trace_parent) VALUES {} \
+                 ON CONFLICT DO NOTHING RETURNING id",
+                value_rows(1, chunk.len(), 15)
+            );
+            let mut query = sqlx::query(&sql);
+            for job in chunk {
+                let (spec, status) = (&job.spec, &job.status);
+                query = query
+                    .bind(job.id.clone())
+                    .bind(job.idempotency_key.clone())
+                    .bind(json(spec))
+                    .bind(status.state.as_str())
+                    .bind(spec.priority as i64)
+                    .bind(spec.resources.cpu_millis as i64)
+                    .bind(spec.resources.memory_bytes as i64)
+                    .bind(spec.resources.disk_bytes as i64)
+                    .bind(status.attempt as i64)
+                    .bind(status.max_attempts as i64)
+                    .bind(status.cancel_requested as i64)
+                    .bind(status.not_before_ms)
+                    .bind(job.created_at_ms)
+                    .bind(job.updated_at_ms)
+                    .bind(job.trace_parent.clone());
+            }
+            for row in query.fetch_all(&mut **tx).await? {
+                inserted.insert(row.try_get("id")?);
+            }
+        }
+        Ok(inserted)
+    }
+
+    /// Writes the jobs' current status, their transitions, and the
+    /// notifications other masters need, with a few statements however
+    /// many jobs there are.
+    async fn write_outcomes(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        jobs: &[&JobRecord],
+        transitions: &[TransitionRow],
+        wake_acquirers: bool,
     ) -> Result<()> {
-        let status = &outcome.status;
-        // A transition out of a leased state drops the lease; its history
-        // entry still names the token that ended.
-        let token = status
-            .lease
-            .as_ref()
-            .or(job.status.lease.as_ref())
-            .map(|l| l.token as i64);
-        if let Some(lease) = &status.lease {
-            job.worker_id = Some(lease.worker_id.clone());
+        for chunk in jobs.chunks(ROWS_PER_STATEMENT) {
+            // `column1`, `column2`, ... are what both databases call the
+            // columns of a VALUES list. Integers are cast so a column that
+            // is NULL in every row still has a type on Postgres.
+            let sql = format!(
+                "UPDATE jobs SET state = v.column2, attempt = CAST(v.column3 AS BIGINT), \
+                 worker_id = v.column4, lease_token = CAST(v.column5 AS BIGINT), \
+                 lease_expires_at_ms = CAST(v.column6 AS BIGINT), \
+                 cancel_requested = CAST(v.column7 AS BIGINT), \
+                 not_before_ms = CAST(v.column8 AS BIGINT), failure = v.column9, \
+                 progress = v.column10, bandwidth = v.column11, \
+                 updated_at_ms = CAST(v.column12 AS BIGINT), \
+                 finished_at_ms = CAST(v.column13 AS BIGINT), usage = v.column14 \
+                 FROM (VALUES {}) AS v WHERE jobs.id = v.column1",
+                value_rows(1, chunk.len(), 14)
+            );
+            let mut query = sqlx::query(&sql);
+            for job in chunk {
+                let status = &job.status;
+                query = query
+                    .bind(job.id.clone())
+                    .bind(status.state.as_str())
+                    .bind(status.attempt as i64)
+                    .bind(job.worker_id.clone())
+                    .bind(status.lease.as_ref().map(|l| l.token as i64))
+                    .bind(status.lease.as_ref().map(|l| l.expires_at_ms))
+                    .bind(status.cancel_requested as i64)
+                    .bind(status.not_before_ms)
+                    .bind(status.failure.as_ref().map(json))
+                    .bind(job.progress.as_ref().map(json))
+                    .bind(job.bandwidth.as_ref().map(json))
+                    .bind(job.updated_at_ms)
+                    .bind(job.finished_at_ms)
+                    .bind(job.usage.as_ref().map(json));
+            }
+            query.execute(&mut **tx).await?;
         }
-        if status.state == JobState::Queued {
-            job.progress = None;
-        }
-        if let Some(p) = attachments.progress {
-            job.progress = Some(p);
-        }
-        if let Some(b) = attachments.bandwidth {
-            job.bandwidth = Some(b);
-        }
-        if let Some(u) = attachments.usage {
-            job.usage = Some(u);
-        }
-        job.finished_at_ms = if status.state.is_final() {
-            job.finished_at_ms.or(Some(now_ms))
-        } else {
-            None
-        };
-        job.status = status.clone();
-        job.updated_at_ms = now_ms;
-        sqlx::query(
-            "UPDATE jobs SET state = $1, attempt = $2, worker_id = $3, lease_token = $4, \
-             lease_expires_at_ms = $5, cancel_requested = $6, not_before_ms = $7, failure = $8, \
-             progress = $9, bandwidth = $10, updated_at_ms = $11, finished_at_ms = $12, \
-             usage = $13 WHERE id = $14",
-        )
-        .bind(status.state.as_str())
-        .bind(status.attempt as i64)
-        .bind(job.worker_id.clone())
-        .bind(status.lease.as_ref().map(|l| l.token as i64))
-        .bind(status.lease.as_ref().map(|l| l.expires_at_ms))
-        .bind(status.cancel_requested as i64)
-        .bind(status.not_before_ms)
-        .bind(status.failure.as_ref().map(json))
-        .bind(job.progress.as_ref().map(json))
-        .bind(job.bandwidth.as_ref().map(json))
-        .bind(now_ms)
-        .bind(job.finished_at_ms)
-        .bind(job.usage.as_ref().map(json))
-        .bind(job.id.clone())
-        .execute(&mut **tx)
-        .await?;
-        if let Some(t) = &outcome.transition {
-            insert_transition(
-                tx,
-                &job.id,
-                t.from,
-                t.to,
-                now_ms,
-                &t.reason,
-                job.worker_id.as_deref(),
-                token,
-            )
-            .await?;
-        }
-        self.notify(tx, JOB_CHANNEL, &job.id).await?;
-        if outcome.actions.contains(&state::Action::WakeAcquirers) {
-            self.notify(tx, WORK_CHANNEL, "").await?;
+        insert_transitions(tx, transitions).await?;
+        if self.dialect.is_shared() {
+            let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+            self.notify(tx, JOB_CHANNEL, &ids).await?;
+            if wake_acquirers {
+                self.notify(tx, WORK_CHANNEL, &[""]).await?;
+            }
         }
         Ok(())
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn insert_transition(
+/// A submitted job as its row will read back.
+fn new_job(request: &SubmitRequest, now_ms: i64) -> JobRecord {
+    JobRecord {
+        id: request.id.clone(),
+        idempotency_key: request.idempotency_key.clone(),
+        status: JobStatus::new_queued(request.spec.max_attempts, now_ms),
+        spec: request.spec.clone(),
+        worker_id: None,
+        progress: None,
+        bandwidth: None,
+        usage: None,
+        created_at_ms: now_ms,
+        updated_at_ms: now_ms,
+        finished_at_ms: None,
+        trace_parent: request.trace_parent.clone(),
+    }
+}
+
+/// A history entry to insert.
+struct TransitionRow {
+    job_id: String,
+    record: TransitionRecord,
+}
+
+/// Carries an outcome of the state machine into the job as stored: its new
+/// status, what the worker reported with it, its timestamps. Returns the
+/// history entry to write, if the state changed.
+fn settle(
+    job: &mut JobRecord,
+    outcome: &Outcome,
+    attachments: Attachments,
+    now_ms: i64,
+) -> Option<TransitionRow> {
+    let status = &outcome.status;
+    // A transition out of a leased state drops the lease; its history
+    // entry still names the token that ended.
+    let token = status
+        .lease
+        .as_ref()
+        .or(job.status.lease.as_ref())
+        .map(|l| l.token);
+    if let Some(lease) = &status.lease {
+        job.worker_id = Some(lease.worker_id.clone());
+    }
+    if status.state == JobState::Queued {
+        job.progress = None;
+    }
+    if let Some(p) = attachments.progress {
+        job.progress = Some(p);
+    }
+    if let Some(b) = attachments.bandwidth {
+        job.bandwidth = Some(b);
+    }
+    if let Some(u) = attachments.usage {
+        job.usage = Some(u);
+    }
+    job.finished_at_ms = if status.state.is_final() {
+        job.finished_at_ms.or(Some(now_ms))
+    } else {
+        None
+    };
+    job.status = status.clone();
+    job.updated_at_ms = now_ms;
+    outcome.transition.as_ref().map(|t| TransitionRow {
+        job_id: job.id.clone(),
+        record: TransitionRecord {
+            from: t.from,
+            to: t.to,
+            at_ms: now_ms,
+            reason: t.reason.clone(),
+            worker_id: job.worker_id.clone(),
+            lease_token: token,
+        },
+    })
+}
+
+async fn insert_transitions(
     tx: &mut Transaction<'static, Any>,
-    job_id: &str,
-    from: JobState,
-    to: JobState,
-    at_ms: i64,
-    reason: &str,
-    worker_id: Option<&str>,
-    lease_token: Option<i64>,
+    rows: &[TransitionRow],
 ) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO job_transitions (job_id, from_state, to_state, at_ms, reason, worker_id, \
-         lease_token) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(job_id.to_owned())
-    .bind(from.as_str())
-    .bind(to.as_str())
-    .bind(at_ms)
-    .bind(reason.to_owned())
-    .bind(worker_id.map(str::to_owned))
-    .bind(lease_token)
-    .execute(&mut **tx)
-    .await?;
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO job_transitions (job_id, from_state, to_state, at_ms, reason, \
+             worker_id, lease_token) VALUES {}",
+            value_rows(1, chunk.len(), 7)
+        );
+        let mut query = sqlx::query(&sql);
+        for row in chunk {
+            let t = &row.record;
+            query = query
+                .bind(row.job_id.clone())
+                .bind(t.from.as_str())
+                .bind(t.to.as_str())
+                .bind(t.at_ms)
+                .bind(t.reason.clone())
+                .bind(t.worker_id.clone())
+                .bind(t.lease_token.map(|t| t as i64));
+        }
+        query.execute(&mut **tx).await?;
+    }
     Ok(())
+}
+
+/// `$first, $first+1, ...`: `n` placeholders.
+fn params(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `($first, ...), (...)`: `rows` rows of `columns` placeholders.
+fn value_rows(first: usize, rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", params(first + r * columns, columns)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn int(row: &AnyRow, column: &str) -> Result<i64> {
@@ -371,77 +525,74 @@ const WORKER_COLUMNS: &str = "id, name, cpu_millis, memory_bytes, disk_bytes, la
 
 #[async_trait]
 impl Store for SqlStore {
-    async fn submit(
+    async fn submit_many(
         &self,
-        id: &str,
-        idempotency_key: Option<&str>,
-        spec: &JobSpec,
-        trace_parent: &str,
+        requests: &[SubmitRequest],
         now_ms: i64,
-    ) -> Result<Submitted> {
-        let existing = |job: JobRecord, key: &str| {
-            if job.spec != *spec {
-                Err(Error::IdempotencyConflict(key.to_owned()))
-            } else {
-                Ok(Submitted::Existing(job))
-            }
-        };
-        if let Some(key) = idempotency_key
-            && let Some(job) = self.job_by_key(key).await?
-        {
-            return existing(job, key);
+    ) -> Result<Each<Submitted>> {
+        if requests.is_empty() {
+            return Ok(vec![]);
         }
         let mut tx = self.begin().await?;
-        let status = JobStatus::new_queued(spec.max_attempts, now_ms);
-        let inserted = sqlx::query(
-            "INSERT INTO jobs (id, idempotency_key, spec, state, priority, cpu_millis, \
-             memory_bytes, disk_bytes, attempt, max_attempts, cancel_requested, not_before_ms, \
-             created_at_ms, updated_at_ms, trace_parent) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, 0, $10, $11, $12, $13)",
-        )
-        .bind(id.to_owned())
-        .bind(idempotency_key.map(str::to_owned))
-        .bind(json(spec))
-        .bind(status.state.as_str())
-        .bind(spec.priority as i64)
-        .bind(spec.resources.cpu_millis as i64)
-        .bind(spec.resources.memory_bytes as i64)
-        .bind(spec.resources.disk_bytes as i64)
-        .bind(spec.max_attempts as i64)
-        .bind(now_ms)
-        .bind(now_ms)
-        .bind(now_ms)
-        .bind(trace_parent.to_owned())
-        .execute(&mut *tx)
-        .await;
-        if let (Err(sqlx::Error::Database(e)), Some(key)) = (&inserted, idempotency_key)
-            && e.is_unique_violation()
-        {
-            // Another submission with this key won the race: it is ours.
-            drop(tx);
-            let job = self
-                .job_by_key(key)
-                .await?
-                .ok_or_else(|| Error::Corrupt(format!("key {key} vanished")))?;
-            return existing(job, key);
+        let mut by_key = self
+            .jobs_by_key(
+                &mut tx,
+                requests.iter().filter_map(|r| r.idempotency_key.as_deref()),
+            )
+            .await?;
+        // New jobs, each key once: a key repeated in the batch names the
+        // job its first request creates.
+        let mut fresh: Vec<JobRecord> = Vec::new();
+        for r in requests {
+            let job = new_job(r, now_ms);
+            if let Some(key) = &r.idempotency_key {
+                if by_key.contains_key(key) {
+                    continue;
+                }
+                by_key.insert(key.clone(), job.clone());
+            }
+            fresh.push(job);
         }
-        inserted?;
-        insert_transition(
-            &mut tx,
-            id,
-            JobState::Queued,
-            JobState::Queued,
-            now_ms,
-            "submitted",
-            None,
-            None,
-        )
-        .await?;
-        self.notify(&mut tx, JOB_CHANNEL, id).await?;
-        self.notify(&mut tx, WORK_CHANNEL, "").await?;
-        let job = self.load_job(&mut tx, id).await?.expect("inserted above");
+        let inserted = self.insert_jobs(&mut tx, &fresh).await?;
+        if inserted.len() < fresh.len() {
+            // Another master inserted some of these keys meanwhile (the
+            // conflicts were skipped): their jobs are the ones to return.
+            let raced = fresh
+                .iter()
+                .filter(|j| !inserted.contains(&j.id))
+                .filter_map(|j| j.idempotency_key.as_deref());
+            let raced = self.jobs_by_key(&mut tx, raced).await?;
+            by_key.extend(raced);
+        }
+        let created: Vec<&JobRecord> = fresh.iter().filter(|j| inserted.contains(&j.id)).collect();
+        let transitions: Vec<TransitionRow> = created
+            .iter()
+            .map(|j| TransitionRow {
+                job_id: j.id.clone(),
+                record: TransitionRecord::submitted(now_ms),
+            })
+            .collect();
+        insert_transitions(&mut tx, &transitions).await?;
+        if !created.is_empty() && self.dialect.is_shared() {
+            let ids: Vec<&str> = created.iter().map(|j| j.id.as_str()).collect();
+            self.notify(&mut tx, JOB_CHANNEL, &ids).await?;
+            self.notify(&mut tx, WORK_CHANNEL, &[""]).await?;
+        }
         tx.commit().await?;
-        Ok(Submitted::Created(job))
+        let created: HashMap<&str, &JobRecord> =
+            created.into_iter().map(|j| (j.id.as_str(), j)).collect();
+        Ok(requests
+            .iter()
+            .map(|r| match (&r.idempotency_key, created.get(r.id.as_str())) {
+                (_, Some(job)) => Ok(Submitted::Created((*job).clone())),
+                (Some(key), None) => match by_key.get(key) {
+                    Some(job) if job.spec == r.spec => Ok(Submitted::Existing(job.clone())),
+                    Some(_) => Err(Error::IdempotencyConflict(key.clone())),
+                    None => Err(Error::Corrupt(format!("key {key} vanished"))),
+                },
+                (None, None) => Err(Error::Corrupt(format!("job {} was not inserted", r.id))),
+            })
+            .collect())
     }
 
     async fn job(&self, id: &str) -> Result<Option<JobRecord>> {
@@ -505,24 +656,45 @@ impl Store for SqlStore {
         rows.iter().map(job_from_row).collect()
     }
 
-    async fn apply(
+    async fn apply_many(
         &self,
-        id: &str,
-        event: Event,
-        attachments: Attachments,
+        requests: &[ApplyRequest],
         now_ms: i64,
         retry: &RetryPolicy,
-    ) -> Result<(JobRecord, Outcome)> {
+    ) -> Result<Each<(JobRecord, Outcome)>> {
+        if requests.is_empty() {
+            return Ok(vec![]);
+        }
         let mut tx = self.begin().await?;
-        let mut job = self
-            .load_job(&mut tx, id)
-            .await?
-            .ok_or_else(|| Error::JobNotFound(id.to_owned()))?;
-        let outcome = state::step(&job.status, event, now_ms, retry)?;
-        self.persist(&mut tx, &mut job, &outcome, attachments, now_ms)
+        let mut jobs = self
+            .load_jobs(&mut tx, requests.iter().map(|r| r.id.as_str()))
+            .await?;
+        let mut changed: BTreeSet<&str> = BTreeSet::new();
+        let mut transitions = Vec::new();
+        let mut wake_acquirers = false;
+        let mut results = Vec::with_capacity(requests.len());
+        for r in requests {
+            let Some(job) = jobs.get_mut(&r.id) else {
+                results.push(Err(Error::JobNotFound(r.id.clone())));
+                continue;
+            };
+            let outcome = match state::step(&job.status, r.event.clone(), now_ms, retry) {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    results.push(Err(e.into()));
+                    continue;
+                }
+            };
+            transitions.extend(settle(job, &outcome, r.attachments.clone(), now_ms));
+            wake_acquirers |= outcome.actions.contains(&state::Action::WakeAcquirers);
+            changed.insert(&r.id);
+            results.push(Ok((job.clone(), outcome)));
+        }
+        let changed: Vec<&JobRecord> = changed.iter().map(|id| &jobs[*id]).collect();
+        self.write_outcomes(&mut tx, &changed, &transitions, wake_acquirers)
             .await?;
         tx.commit().await?;
-        Ok((job, outcome))
+        Ok(results)
     }
 
     async fn lease(&self, request: LeaseRequest<'_>, now_ms: i64) -> Result<Vec<JobRecord>> {
@@ -563,35 +735,56 @@ impl Store for SqlStore {
             max_jobs: request.max_jobs,
         }];
         let assignments = placement::place(&candidates, &slots);
-        let mut leased = Vec::with_capacity(assignments.len());
-        for a in assignments {
-            let id = &candidates[a.job].id;
-            let mut job = self
-                .load_job(&mut tx, id)
-                .await?
-                .ok_or_else(|| Error::Corrupt(format!("queued job {id} vanished")))?;
-            let token: i64 = sqlx::query_scalar(
-                "INSERT INTO leases (job_id, worker_id, attempt, granted_at_ms) \
-                 VALUES ($1, $2, $3, $4) RETURNING token",
-            )
-            .bind(job.id.clone())
-            .bind(request.worker_id.to_owned())
-            .bind(job.status.attempt as i64 + 1)
-            .bind(now_ms)
-            .fetch_one(&mut *tx)
-            .await?;
+        if assignments.is_empty() {
+            tx.commit().await?;
+            return Ok(vec![]);
+        }
+        let picked: Vec<&str> = assignments
+            .iter()
+            .map(|a| candidates[a.job].id.as_str())
+            .collect();
+        let mut jobs = self.load_jobs(&mut tx, picked.iter().copied()).await?;
+        let mut tokens: HashMap<String, i64> = HashMap::with_capacity(picked.len());
+        for chunk in picked.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO leases (job_id, worker_id, attempt, granted_at_ms) VALUES {} \
+                 RETURNING job_id, token",
+                value_rows(1, chunk.len(), 4)
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                let job = jobs
+                    .get(*id)
+                    .ok_or_else(|| Error::Corrupt(format!("queued job {id} vanished")))?;
+                query = query
+                    .bind(id.to_string())
+                    .bind(request.worker_id.to_owned())
+                    .bind(job.status.attempt as i64 + 1)
+                    .bind(now_ms);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                tokens.insert(row.try_get("job_id")?, int(&row, "token")?);
+            }
+        }
+        let mut transitions = Vec::with_capacity(picked.len());
+        for id in &picked {
+            let job = jobs.get_mut(*id).expect("checked above");
+            let token = tokens
+                .get(*id)
+                .ok_or_else(|| Error::Corrupt(format!("no lease token returned for {id}")))?;
             let event = Event::Lease {
-                token: token as u64,
+                token: *token as u64,
                 worker_id: request.worker_id.to_owned(),
                 expires_at_ms: now_ms + request.ttl_ms,
             };
             let outcome = state::step(&job.status, event, now_ms, &RetryPolicy::default())?;
-            self.persist(&mut tx, &mut job, &outcome, Attachments::default(), now_ms)
-                .await?;
-            leased.push(job);
+            transitions.extend(settle(job, &outcome, Attachments::default(), now_ms));
         }
+        let leased: Vec<&JobRecord> = picked.iter().map(|id| &jobs[*id]).collect();
+        self.write_outcomes(&mut tx, &leased, &transitions, false)
+            .await?;
         tx.commit().await?;
-        Ok(leased)
+        Ok(leased.into_iter().cloned().collect())
     }
 
     async fn record_progress(
@@ -614,7 +807,7 @@ impl Store for SqlStore {
         .fetch_optional(&mut *tx)
         .await?;
         if cancel.is_some() {
-            self.notify(&mut tx, JOB_CHANNEL, &lease.job_id).await?;
+            self.notify(&mut tx, JOB_CHANNEL, &[&lease.job_id]).await?;
         }
         tx.commit().await?;
         Ok(cancel.map(|c| c != 0))
@@ -626,9 +819,8 @@ impl Store for SqlStore {
         leases: &[LeaseRef],
         expires_at_ms: i64,
     ) -> Result<Vec<LeaseRef>> {
-        let mut revoked = Vec::new();
         if leases.is_empty() {
-            return Ok(revoked);
+            return Ok(vec![]);
         }
         let sql = format!(
             "UPDATE jobs SET lease_expires_at_ms = {}(lease_expires_at_ms, $1) \
@@ -637,7 +829,13 @@ impl Store for SqlStore {
             self.dialect.greatest()
         );
         let mut tx = self.begin().await?;
-        for lease in leases {
+        // Locked in id order, as every transaction that locks several jobs
+        // does; answered in the order asked.
+        let mut order: Vec<usize> = (0..leases.len()).collect();
+        order.sort_by(|a, b| leases[*a].job_id.cmp(&leases[*b].job_id));
+        let mut revoke = vec![false; leases.len()];
+        for i in order {
+            let lease = &leases[i];
             let cancel: Option<i64> = sqlx::query_scalar(&sql)
                 .bind(expires_at_ms)
                 .bind(lease.job_id.clone())
@@ -645,12 +843,15 @@ impl Store for SqlStore {
                 .bind(worker_id.to_owned())
                 .fetch_optional(&mut *tx)
                 .await?;
-            if cancel != Some(0) {
-                revoked.push(lease.clone());
-            }
+            revoke[i] = cancel != Some(0);
         }
         tx.commit().await?;
-        Ok(revoked)
+        Ok(leases
+            .iter()
+            .zip(revoke)
+            .filter(|(_, revoke)| *revoke)
+            .map(|(lease, _)| lease.clone())
+            .collect())
     }
 
     async fn next_retry_at(&self, now_ms: i64) -> Result<Option<i64>> {
@@ -836,6 +1037,14 @@ impl Store for SqlStore {
             rows,
             oldest_runnable_ms,
         })
+    }
+
+    fn write_concurrency(&self) -> usize {
+        match self.dialect {
+            Dialect::Sqlite => 1,
+            // Leave half the pool to reads and leases.
+            Dialect::Postgres => (self.writer.options().get_max_connections() as usize / 2).max(1),
+        }
     }
 
     fn pool_stats(&self) -> PoolStats {

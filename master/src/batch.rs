@@ -1,0 +1,121 @@
+//! Group commit: requests that arrive while a write transaction runs wait
+//! for it to end, then go to the database together in the next one.
+//!
+//! An idle master sends each request alone, at once (a batch of one costs
+//! one channel hop more than a direct call). A busy one pays a
+//! transaction's fixed costs (begin, commit, the round trips of each
+//! statement) once per batch instead of once per request: this, not SQL,
+//! is what bounded the master's jobs/s (docs/PERFORMANCE.md).
+//!
+//! A batch that fails as a whole (a database error, a deadlock between two
+//! masters) is run again one request at a time, so one request never fails
+//! for another's sake.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use prometheus::Histogram;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::error::{Error, Result};
+use crate::store::{Each, only};
+
+/// The most requests one transaction carries.
+pub const MAX_BATCH: usize = 128;
+
+/// A write that can be done for many requests at once.
+#[async_trait]
+pub trait BatchWrite: Send + Sync + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+
+    /// One outcome per request, in order; the outer error fails them all.
+    async fn write(&self, requests: &[Self::Request]) -> Result<Each<Self::Response>>;
+}
+
+type Waiting<W> = (
+    <W as BatchWrite>::Request,
+    oneshot::Sender<Result<<W as BatchWrite>::Response>>,
+);
+
+/// A cloneable handle to the tasks that run batches of `W`.
+pub struct Batcher<W: BatchWrite> {
+    queue: mpsc::UnboundedSender<Waiting<W>>,
+}
+
+impl<W: BatchWrite> Clone for Batcher<W> {
+    fn clone(&self) -> Self {
+        Batcher {
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl<W: BatchWrite> Batcher<W> {
+    /// Starts `concurrency` tasks, each running one batch at a time; they
+    /// end when the last handle is dropped. `sizes` observes each batch's
+    /// size.
+    pub fn spawn(write: W, concurrency: usize, sizes: Histogram) -> Self {
+        let (queue, receiver) = mpsc::unbounded_channel::<Waiting<W>>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        let write = Arc::new(write);
+        for _ in 0..concurrency.max(1) {
+            let (receiver, write, sizes) = (receiver.clone(), write.clone(), sizes.clone());
+            tokio::spawn(async move {
+                let mut waiting = Vec::with_capacity(MAX_BATCH);
+                loop {
+                    // Whoever holds the receiver gathers the next batch:
+                    // everything queued, up to the cap.
+                    let received = receiver
+                        .lock()
+                        .await
+                        .recv_many(&mut waiting, MAX_BATCH)
+                        .await;
+                    if received == 0 {
+                        return;
+                    }
+                    sizes.observe(received as f64);
+                    run(write.as_ref(), &mut waiting).await;
+                }
+            });
+        }
+        Batcher { queue }
+    }
+
+    /// Sends one request with whatever else is waiting; returns its outcome.
+    pub async fn call(&self, request: W::Request) -> Result<W::Response> {
+        let (reply, outcome) = oneshot::channel();
+        self.queue.send((request, reply)).map_err(|_| stopped())?;
+        outcome.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> Error {
+    Error::ShuttingDown
+}
+
+/// Runs one batch and answers its callers, draining `waiting`.
+async fn run<W: BatchWrite>(write: &W, waiting: &mut Vec<Waiting<W>>) {
+    let (requests, replies): (Vec<_>, Vec<_>) = waiting.drain(..).unzip();
+    match write.write(&requests).await {
+        Ok(outcomes) => {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(outcome);
+            }
+        }
+        Err(e) if requests.len() == 1 => {
+            let reply = replies.into_iter().next().expect("one reply");
+            let _ = reply.send(Err(e));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, requests = requests.len(), "batched write failed; writing one at a time");
+            for (request, reply) in requests.into_iter().zip(replies) {
+                let outcome = write
+                    .write(std::slice::from_ref(&request))
+                    .await
+                    .and_then(only);
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+}
