@@ -119,3 +119,109 @@ async fn run<W: BatchWrite>(write: &W, waiting: &mut Vec<Waiting<W>>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+    use std::time::Duration;
+
+    use prometheus::HistogramOpts;
+    use tokio::sync::Semaphore;
+
+    use super::*;
+
+    /// Echoes requests, recording each batch. A batch holding a negative
+    /// number fails as a whole: the stand-in for a whole-transaction
+    /// failure (a deadlock between masters) that a test cannot cause on
+    /// demand. Each write first takes a permit, so a test can hold the
+    /// first batch while more requests queue.
+    struct Echo {
+        batches: Batches,
+        gate: Arc<Semaphore>,
+    }
+
+    #[async_trait]
+    impl BatchWrite for Echo {
+        type Request = i64;
+        type Response = i64;
+
+        async fn write(&self, requests: &[i64]) -> Result<Each<i64>> {
+            self.gate.acquire().await.expect("gate open").forget();
+            self.batches.lock().unwrap().push(requests.to_vec());
+            if requests.len() > 1 && requests.iter().any(|r| *r < 0) {
+                return Err(Error::Corrupt("whole batch failed".into()));
+            }
+            Ok(requests
+                .iter()
+                .map(|r| {
+                    if *r < 0 {
+                        Err(Error::JobNotFound(r.to_string()))
+                    } else {
+                        Ok(r * 10)
+                    }
+                })
+                .collect())
+        }
+    }
+
+    type Batches = Arc<StdMutex<Vec<Vec<i64>>>>;
+
+    fn echo(permits: usize) -> (Batcher<Echo>, Batches, Arc<Semaphore>) {
+        let batches = Arc::new(StdMutex::new(vec![]));
+        let gate = Arc::new(Semaphore::new(permits));
+        let sizes = Histogram::with_opts(HistogramOpts::new("sizes", "test")).unwrap();
+        let write = Echo {
+            batches: batches.clone(),
+            gate: gate.clone(),
+        };
+        (Batcher::spawn(write, 1, sizes), batches, gate)
+    }
+
+    /// Calls `b` with each request from its own task, after one call that
+    /// holds the batch task at the gate, so that they all queue; then opens
+    /// the gate and returns their outcomes in order.
+    async fn queued_behind_a_held_batch(
+        b: &Batcher<Echo>,
+        gate: &Semaphore,
+        requests: &[i64],
+    ) -> Vec<Result<i64>> {
+        let spawn = |i: i64| {
+            let b = b.clone();
+            tokio::spawn(async move { b.call(i).await })
+        };
+        let holder = spawn(0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let calls: Vec<_> = requests.iter().map(|i| spawn(*i)).collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        gate.add_permits(1000);
+        assert_eq!(holder.await.unwrap().unwrap(), 0);
+        let mut outcomes = vec![];
+        for c in calls {
+            outcomes.push(c.await.unwrap());
+        }
+        outcomes
+    }
+
+    #[tokio::test]
+    async fn requests_that_wait_for_a_running_batch_share_the_next() {
+        let (batcher, batches, gate) = echo(0);
+        let requests: Vec<i64> = (1..=40).collect();
+        let outcomes = queued_behind_a_held_batch(&batcher, &gate, &requests).await;
+        for (i, outcome) in requests.iter().zip(outcomes) {
+            assert_eq!(outcome.unwrap(), i * 10);
+        }
+        let sizes: Vec<usize> = batches.lock().unwrap().iter().map(Vec::len).collect();
+        assert_eq!(sizes, [1, 40], "one alone, then all that waited together");
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_fails_whole_is_retried_one_by_one() {
+        let (batcher, batches, gate) = echo(0);
+        let outcomes = queued_behind_a_held_batch(&batcher, &gate, &[5, -1, 7]).await;
+        assert_eq!(outcomes[0].as_ref().ok(), Some(&50));
+        assert!(matches!(outcomes[1], Err(Error::JobNotFound(_))));
+        assert_eq!(outcomes[2].as_ref().ok(), Some(&70));
+        let seen = batches.lock().unwrap().clone();
+        assert_eq!(seen, [vec![0], vec![5, -1, 7], vec![5], vec![-1], vec![7]]);
+    }
+}

@@ -19,12 +19,19 @@ use crate::error::{Error, Result};
 use crate::grpc::{job_to_wire, status};
 use crate::metrics::Metrics;
 use crate::store::{
-    ApplyRequest, Attachments, Change, Each, JobRecord, LeaseRef, LeaseRequest, Store,
+    ApplyRequest, Attachments, Change, Each, Heartbeat, JobRecord, LeaseRef, LeaseRequest, Store,
     SubmitRequest, Submitted, TransitionRecord, WorkerRecord, WorkerReport, WorkerState,
 };
 
 /// Sent on `job_changes` when any job may have changed.
 const EVERY_JOB: &str = "*";
+
+/// How long the workers read for pending reasons are reused. Submissions
+/// would otherwise read every worker each; a change this master makes
+/// (a registration, a heartbeat that changes a worker's state or note, a
+/// lost worker) drops the copy at once; a change made through another
+/// master shows within the TTL.
+const WORKERS_SEEN_TTL: Duration = Duration::from_secs(1);
 
 /// The longest an AcquireJobs call is held open.
 const MAX_ACQUIRE_WAIT: Duration = Duration::from_secs(60);
@@ -54,9 +61,14 @@ struct Inner {
     /// Free resources a worker reported (by heartbeat) for its pending
     /// AcquireJobs, keyed by worker: (acquire_seq, free).
     pending_free: Mutex<HashMap<String, (u64, Resources)>>,
-    /// Submissions and state events, written by group commit.
+    /// Submissions, state events and leases, written by group commit: the
+    /// workers that one submission wakes are leased to together.
     submits: Batcher<Submits>,
     applies: Batcher<Applies>,
+    leases: Batcher<Leases>,
+    heartbeats: Batcher<Heartbeats>,
+    /// The workers as last read, and when: see [`WORKERS_SEEN_TTL`].
+    workers_seen: Mutex<Option<(Instant, Arc<Vec<WorkerRecord>>)>>,
     metrics: Metrics,
     shutdown: CancellationToken,
 }
@@ -93,10 +105,24 @@ impl Cluster {
         let applies = Batcher::spawn(
             Applies {
                 store: store.clone(),
-                retry: config.retry.clone(),
+                retry: config.retry,
             },
             writers,
             sizes("apply"),
+        );
+        let leases = Batcher::spawn(
+            Leases {
+                store: store.clone(),
+            },
+            writers,
+            sizes("lease"),
+        );
+        let heartbeats = Batcher::spawn(
+            Heartbeats {
+                store: store.clone(),
+            },
+            writers,
+            sizes("heartbeat"),
         );
         Cluster {
             inner: Arc::new(Inner {
@@ -107,6 +133,9 @@ impl Cluster {
                 pending_free: Mutex::new(HashMap::new()),
                 submits,
                 applies,
+                leases,
+                heartbeats,
+                workers_seen: Mutex::new(None),
                 metrics,
                 shutdown,
             }),
@@ -135,7 +164,7 @@ impl Cluster {
             self.store().workers().await,
         ) {
             (Ok(counts), Ok(workers)) => {
-                let states: Vec<WorkerState> = workers.iter().map(|(w, _)| w.state).collect();
+                let states: Vec<WorkerState> = workers.iter().map(|w| w.state).collect();
                 metrics.set_counts(&counts, &states, now);
             }
             (Err(e), _) | (_, Err(e)) => {
@@ -198,10 +227,9 @@ impl Cluster {
         if job.status.state != ffleet_core::JobState::Queued {
             return Ok(String::new());
         }
-        let workers = self.store().workers().await?;
+        let workers = self.workers_seen().await?;
         let live: Vec<&WorkerRecord> = workers
             .iter()
-            .map(|(w, _)| w)
             .filter(|w| w.state != WorkerState::Lost)
             .collect();
         let request = job.spec.resources;
@@ -237,6 +265,38 @@ impl Cluster {
         Ok(format!(
             "no live worker can fit this job: it asks for {request}; the largest worker offers {largest}"
         ))
+    }
+
+    /// The registered workers, read at most once per [`WORKERS_SEEN_TTL`].
+    async fn workers_seen(&self) -> Result<Arc<Vec<WorkerRecord>>> {
+        if let Some((at, workers)) = &*self.inner.workers_seen.lock().expect("workers_seen lock")
+            && at.elapsed() < WORKERS_SEEN_TTL
+        {
+            return Ok(workers.clone());
+        }
+        let workers = Arc::new(self.store().workers().await?);
+        *self.inner.workers_seen.lock().expect("workers_seen lock") =
+            Some((Instant::now(), workers.clone()));
+        Ok(workers)
+    }
+
+    /// Drops the workers read for pending reasons if this heartbeat changed
+    /// what they say of the worker.
+    fn note_heartbeat(&self, worker_id: &str, state: WorkerState, note: &str) {
+        let mut seen = self.inner.workers_seen.lock().expect("workers_seen lock");
+        let stale = seen.as_ref().is_some_and(|(_, workers)| {
+            workers
+                .iter()
+                .find(|w| w.id == worker_id)
+                .is_none_or(|w| w.state != state || w.note != note)
+        });
+        if stale {
+            *seen = None;
+        }
+    }
+
+    fn forget_workers_seen(&self) {
+        *self.inner.workers_seen.lock().expect("workers_seen lock") = None;
     }
 
     pub async fn job_with_history(&self, id: &str) -> Result<v1::Job> {
@@ -361,6 +421,7 @@ impl Cluster {
             note: String::new(),
         };
         self.store().register_worker(&worker).await?;
+        self.forget_workers_seen();
         tracing::info!(worker_id = %id, name = %worker.name, capacity = %capacity, "worker registered");
         self.inner.work_available.notify_waiters();
         Ok(id)
@@ -385,13 +446,17 @@ impl Cluster {
             self.inner.work_available.notify_waiters();
         }
         let now = now_ms();
-        let before = self
-            .store()
-            .heartbeat_worker(worker_id, report, now)
-            .await?;
+        let beat = Heartbeat {
+            worker_id: worker_id.to_owned(),
+            report: report.clone(),
+        };
+        let before = self.inner.heartbeats.call(beat).await?;
         let expires = now + self.inner.config.lease_ttl.as_millis() as i64;
         let revoked = self.store().renew(worker_id, leases, expires).await?;
         let reregister = matches!(before, None | Some(WorkerState::Lost));
+        if let Some(before) = before {
+            self.note_heartbeat(worker_id, report.state_after(before), &report.note);
+        }
         let stops_taking_work = report.draining || report.quarantined;
         if stops_taking_work && before == Some(WorkerState::Ready) {
             if report.draining {
@@ -471,14 +536,14 @@ impl Cluster {
                 _ => return Err(Error::UnknownWorker(worker_id.to_owned())),
             }
             let now = now_ms();
-            let request = LeaseRequest {
-                worker_id,
+            let request = OwnedLeaseRequest {
+                worker_id: worker_id.to_owned(),
                 free: self.current_free(worker_id, seq, initial_free),
                 max_jobs,
                 ttl_ms,
             };
             let started = Instant::now();
-            let leased = self.store().lease(request, now).await?;
+            let leased = self.inner.leases.call(request).await?;
             self.inner
                 .metrics
                 .observe_scheduling(started.elapsed(), &leased, now);
@@ -550,6 +615,7 @@ impl Cluster {
         for worker_id in self.store().mark_lost_workers(now - ttl).await? {
             tracing::warn!(worker_id, "worker lost: no heartbeat within the lease ttl");
             self.inner.metrics.workers_lost.inc();
+            self.forget_workers_seen();
         }
         for lease in self.store().expired_leases(now).await? {
             let event = Event::LeaseExpired { token: lease.token };
@@ -638,6 +704,55 @@ impl BatchWrite for Applies {
 
     async fn write(&self, requests: &[ApplyRequest]) -> Result<Each<(JobRecord, Outcome)>> {
         self.store.apply_many(requests, now_ms(), &self.retry).await
+    }
+}
+
+/// Heartbeats, many workers' to a transaction.
+struct Heartbeats {
+    store: Arc<dyn Store>,
+}
+
+#[async_trait::async_trait]
+impl BatchWrite for Heartbeats {
+    type Request = Heartbeat;
+    type Response = Option<WorkerState>;
+
+    async fn write(&self, beats: &[Heartbeat]) -> Result<Each<Option<WorkerState>>> {
+        let each = self.store.heartbeat_workers(beats, now_ms()).await?;
+        Ok(each.into_iter().map(Ok).collect())
+    }
+}
+
+/// A [`LeaseRequest`] that can wait in a queue.
+struct OwnedLeaseRequest {
+    worker_id: String,
+    free: Resources,
+    max_jobs: usize,
+    ttl_ms: i64,
+}
+
+/// Leases, the workers asking at the same moment placed together.
+struct Leases {
+    store: Arc<dyn Store>,
+}
+
+#[async_trait::async_trait]
+impl BatchWrite for Leases {
+    type Request = OwnedLeaseRequest;
+    type Response = Vec<JobRecord>;
+
+    async fn write(&self, requests: &[OwnedLeaseRequest]) -> Result<Each<Vec<JobRecord>>> {
+        let borrowed: Vec<LeaseRequest<'_>> = requests
+            .iter()
+            .map(|r| LeaseRequest {
+                worker_id: &r.worker_id,
+                free: r.free,
+                max_jobs: r.max_jobs,
+                ttl_ms: r.ttl_ms,
+            })
+            .collect();
+        let each = self.store.lease_many(&borrowed, now_ms()).await?;
+        Ok(each.into_iter().map(Ok).collect())
     }
 }
 

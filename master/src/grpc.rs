@@ -220,10 +220,14 @@ impl JobService for Cluster {
         _request: Request<v1::ListWorkersRequest>,
     ) -> Reply<v1::ListWorkersResponse> {
         let workers = self.store().workers().await.map_err(status)?;
+        let mut held = self.store().held_jobs().await.map_err(status)?;
         Ok(Response::new(v1::ListWorkersResponse {
             workers: workers
                 .into_iter()
-                .map(|(w, jobs)| worker_to_wire(w, jobs))
+                .map(|w| {
+                    let jobs = held.remove(&w.id).unwrap_or_default();
+                    worker_to_wire(w, jobs)
+                })
                 .collect(),
         }))
     }

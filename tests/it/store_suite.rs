@@ -299,6 +299,100 @@ pub async fn a_batch_of_submissions_resolves_keys_and_reads_back(
     Ok(())
 }
 
+/// Workers asking at the same moment are placed together, each on what
+/// it has free; a worker asking twice in one batch is served once.
+pub async fn a_batch_of_leases_places_over_every_asking_worker(db: &TestDb) -> anyhow::Result<()> {
+    let store = db.open().await?;
+    for (i, cpu) in [800, 300, 300, 300].into_iter().enumerate() {
+        submit(store.as_ref(), &format!("j{i}"), 0, cpu, i as i64).await?;
+    }
+    let requests = [
+        lease_request("small", 600, 4),
+        lease_request("big", 1000, 4),
+        lease_request("small", 600, 4),
+    ];
+    let each = store.lease_many(&requests, 10).await?;
+    let ids = |i: usize| -> Vec<&str> { each[i].iter().map(|j| j.id.as_str()).collect() };
+    assert_eq!(ids(1), ["j0"], "only big fits the 800m job");
+    assert_eq!(ids(0), ["j1", "j2"], "small takes what fits its 600m");
+    assert!(ids(2).is_empty(), "a worker named twice is served once");
+    for (i, worker) in [(0, "small"), (1, "big")] {
+        for job in &each[i] {
+            let stored = store.job(&job.id).await?.unwrap();
+            assert_eq!(&stored, job);
+            assert_eq!(stored.worker_id.as_deref(), Some(worker));
+            assert_eq!(stored.status.state, JobState::Leased);
+        }
+    }
+    assert_eq!(
+        store.job("j3").await?.unwrap().status.state,
+        JobState::Queued
+    );
+    let tokens: HashSet<u64> = each.iter().flatten().map(token_of).collect();
+    assert_eq!(tokens.len(), 3, "each lease has its own token");
+    Ok(())
+}
+
+/// Heartbeats batched in one transaction: each sees the state the ones
+/// before it left; unknown and lost workers are answered, not written.
+pub async fn a_batch_of_heartbeats_applies_in_order(db: &TestDb) -> anyhow::Result<()> {
+    let store = db.open().await?;
+    for id in ["w1", "w2"] {
+        let worker = WorkerRecord {
+            id: id.into(),
+            name: id.into(),
+            capacity: Resources::new(1000, 1 << 30, 1 << 30),
+            labels: Default::default(),
+            ffmpeg_version: String::new(),
+            state: WorkerState::Ready,
+            registered_at_ms: 1,
+            last_heartbeat_ms: 1,
+            note: String::new(),
+        };
+        store.register_worker(&worker).await?;
+    }
+    assert_eq!(store.mark_lost_workers(2).await?.len(), 2);
+    let mut w1 = store.workers().await?[0].clone();
+    w1.state = WorkerState::Ready;
+    store.register_worker(&w1).await?;
+    let beat = |id: &str, quarantined: bool, note: &str| store::Heartbeat {
+        worker_id: id.into(),
+        report: WorkerReport {
+            quarantined,
+            note: note.into(),
+            ..WorkerReport::default()
+        },
+    };
+    let befores = store
+        .heartbeat_workers(
+            &[
+                beat("w1", true, "tired"),
+                beat("w2", false, ""),
+                beat("nobody", false, ""),
+                beat("w1", false, "better"),
+            ],
+            50,
+        )
+        .await?;
+    assert_eq!(
+        befores,
+        [
+            Some(WorkerState::Ready),
+            Some(WorkerState::Lost),
+            None,
+            Some(WorkerState::Quarantined)
+        ]
+    );
+    let w1 = store.worker("w1").await?.unwrap();
+    assert_eq!(
+        (w1.state, w1.note.as_str(), w1.last_heartbeat_ms),
+        (WorkerState::Ready, "better", 50)
+    );
+    let w2 = store.worker("w2").await?.unwrap();
+    assert_eq!((w2.state, w2.last_heartbeat_ms), (WorkerState::Lost, 1));
+    Ok(())
+}
+
 pub async fn lease_follows_priority_fit_and_backoff(db: &TestDb) -> anyhow::Result<()> {
     let store = db.open().await?;
     submit(store.as_ref(), "low", 0, 500, 1).await?;
@@ -560,7 +654,10 @@ pub async fn workers_register_heartbeat_and_get_lost(db: &TestDb) -> anyhow::Res
     store.lease(lease_request("w1", 1000, 1), 10).await?;
     let listed = store.workers().await?;
     assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].1, vec!["j".to_owned()]);
+    assert_eq!(listed[0].id, "w1");
+    let held = store.held_jobs().await?;
+    assert_eq!(held.get("w1"), Some(&vec!["j".to_owned()]));
+    assert_eq!(held.len(), 1);
     Ok(())
 }
 
@@ -782,6 +879,8 @@ store_suite!(
     apply_steps_the_state_machine_and_fences_tokens,
     a_batch_of_events_applies_in_order_and_each_fails_alone,
     a_batch_of_submissions_resolves_keys_and_reads_back,
+    a_batch_of_leases_places_over_every_asking_worker,
+    a_batch_of_heartbeats_applies_in_order,
     lease_follows_priority_fit_and_backoff,
     concurrent_masters_never_lease_a_job_twice,
     renew_extends_live_leases_and_revokes_the_rest,

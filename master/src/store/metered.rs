@@ -3,6 +3,7 @@
 //! passes it through: the one place query latency is measured, for both
 //! backends.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,8 +14,8 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ApplyRequest, Change, Each, JobCounts, JobRecord, LeaseRef, LeaseRequest, PoolStats, Store,
-    SubmitRequest, Submitted, TransitionRecord, WorkerRecord, WorkerReport, WorkerState,
+    ApplyRequest, Change, Each, Heartbeat, JobCounts, JobRecord, LeaseRef, LeaseRequest, PoolStats,
+    Store, SubmitRequest, Submitted, TransitionRecord, WorkerRecord, WorkerState,
 };
 use crate::error::Result;
 use crate::metrics::Metrics;
@@ -78,8 +79,13 @@ impl Store for Metered {
         self.timed("apply", call).await
     }
 
-    async fn lease(&self, request: LeaseRequest<'_>, now_ms: i64) -> Result<Vec<JobRecord>> {
-        self.timed("lease", self.inner.lease(request, now_ms)).await
+    async fn lease_many(
+        &self,
+        requests: &[LeaseRequest<'_>],
+        now_ms: i64,
+    ) -> Result<Vec<Vec<JobRecord>>> {
+        self.timed("lease", self.inner.lease_many(requests, now_ms))
+            .await
     }
 
     async fn record_progress(
@@ -122,13 +128,12 @@ impl Store for Metered {
             .await
     }
 
-    async fn heartbeat_worker(
+    async fn heartbeat_workers(
         &self,
-        id: &str,
-        report: &WorkerReport,
+        beats: &[Heartbeat],
         now_ms: i64,
-    ) -> Result<Option<WorkerState>> {
-        let call = self.inner.heartbeat_worker(id, report, now_ms);
+    ) -> Result<Vec<Option<WorkerState>>> {
+        let call = self.inner.heartbeat_workers(beats, now_ms);
         self.timed("heartbeat_worker", call).await
     }
 
@@ -141,8 +146,12 @@ impl Store for Metered {
         self.timed("worker", self.inner.worker(id)).await
     }
 
-    async fn workers(&self) -> Result<Vec<(WorkerRecord, Vec<String>)>> {
+    async fn workers(&self) -> Result<Vec<WorkerRecord>> {
         self.timed("workers", self.inner.workers()).await
+    }
+
+    async fn held_jobs(&self) -> Result<BTreeMap<String, Vec<String>>> {
+        self.timed("held_jobs", self.inner.held_jobs()).await
     }
 
     async fn listen(

@@ -113,7 +113,7 @@ pub struct WorkerReport {
 impl WorkerReport {
     /// The state this report puts a live worker in. Draining is final:
     /// only a new registration makes a draining worker ready again.
-    fn state_after(&self, before: WorkerState) -> WorkerState {
+    pub fn state_after(&self, before: WorkerState) -> WorkerState {
         match before {
             WorkerState::Lost | WorkerState::Draining => before,
             _ if self.draining => WorkerState::Draining,
@@ -166,6 +166,13 @@ pub struct PoolStats {
 pub struct LeaseRef {
     pub job_id: String,
     pub token: u64,
+}
+
+/// One worker's heartbeat, for [`Store::heartbeat_workers`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub worker_id: String,
+    pub report: WorkerReport,
 }
 
 /// One event for [`Store::apply_many`].
@@ -279,9 +286,21 @@ pub trait Store: Send + Sync + 'static {
         only(self.apply_many(&[request], now_ms, retry).await?)
     }
 
-    /// Leases queued jobs that fit the worker's free resources, chosen by
-    /// `ffleet_core::placement::place`, atomically.
-    async fn lease(&self, request: LeaseRequest<'_>, now_ms: i64) -> Result<Vec<JobRecord>>;
+    /// Leases queued jobs to the asking workers, atomically: one scan of
+    /// the queue, one `ffleet_core::placement::place` over all their free
+    /// resources. Returns each request's jobs, in request order. A worker
+    /// named twice gets nothing the second time.
+    async fn lease_many(
+        &self,
+        requests: &[LeaseRequest<'_>],
+        now_ms: i64,
+    ) -> Result<Vec<Vec<JobRecord>>>;
+
+    /// [`Store::lease_many`] for one worker.
+    async fn lease(&self, request: LeaseRequest<'_>, now_ms: i64) -> Result<Vec<JobRecord>> {
+        let mut each = self.lease_many(&[request], now_ms).await?;
+        Ok(each.pop().unwrap_or_default())
+    }
 
     /// Stores progress for a current lease. `None` when the lease is stale;
     /// otherwise whether the job's cancellation was requested.
@@ -313,23 +332,41 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts or refreshes a worker; it becomes ready.
     async fn register_worker(&self, worker: &WorkerRecord) -> Result<()>;
 
-    /// Records a heartbeat and what the worker reports of itself; returns
-    /// the worker's state before it, `None` for a worker the master does not
-    /// know. A lost worker stays lost until it registers again.
+    /// Records heartbeats and what each worker reports of itself, in one
+    /// transaction; returns each worker's state before its heartbeat,
+    /// `None` for a worker the master does not know. A lost worker stays
+    /// lost until it registers again.
+    async fn heartbeat_workers(
+        &self,
+        beats: &[Heartbeat],
+        now_ms: i64,
+    ) -> Result<Vec<Option<WorkerState>>>;
+
+    /// [`Store::heartbeat_workers`] for one worker.
     async fn heartbeat_worker(
         &self,
         id: &str,
         report: &WorkerReport,
         now_ms: i64,
-    ) -> Result<Option<WorkerState>>;
+    ) -> Result<Option<WorkerState>> {
+        let beat = Heartbeat {
+            worker_id: id.to_owned(),
+            report: report.clone(),
+        };
+        let mut each = self.heartbeat_workers(&[beat], now_ms).await?;
+        Ok(each.pop().flatten())
+    }
 
     /// Marks workers silent since `cutoff_ms` as lost; returns their ids.
     async fn mark_lost_workers(&self, cutoff_ms: i64) -> Result<Vec<String>>;
 
     async fn worker(&self, id: &str) -> Result<Option<WorkerRecord>>;
 
-    /// All workers, with the ids of the jobs each holds a lease on.
-    async fn workers(&self) -> Result<Vec<(WorkerRecord, Vec<String>)>>;
+    /// All workers, by name.
+    async fn workers(&self) -> Result<Vec<WorkerRecord>>;
+
+    /// The ids of the jobs each worker holds a lease on, by worker id.
+    async fn held_jobs(&self) -> Result<BTreeMap<String, Vec<String>>>;
 
     /// Pushes changes made by other processes sharing the database to
     /// `sink` until shutdown. Returns at once for a backend only one

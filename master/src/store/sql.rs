@@ -26,9 +26,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::dialect::{DbOptions, Dialect};
 use super::{
-    ApplyRequest, Attachments, Change, Each, JobCount, JobCounts, JobRecord, LeaseRef,
+    ApplyRequest, Attachments, Change, Each, Heartbeat, JobCount, JobCounts, JobRecord, LeaseRef,
     LeaseRequest, PoolStats, Store, SubmitRequest, Submitted, TransitionRecord, WorkerRecord,
-    WorkerReport, WorkerState, from_json, json,
+    WorkerState, from_json, json,
 };
 use crate::error::{Error, Result};
 
@@ -697,9 +697,26 @@ impl Store for SqlStore {
         Ok(results)
     }
 
-    async fn lease(&self, request: LeaseRequest<'_>, now_ms: i64) -> Result<Vec<JobRecord>> {
-        if request.max_jobs == 0 {
-            return Ok(vec![]);
+    async fn lease_many(
+        &self,
+        requests: &[LeaseRequest<'_>],
+        now_ms: i64,
+    ) -> Result<Vec<Vec<JobRecord>>> {
+        let mut each: Vec<Vec<JobRecord>> = vec![Vec::new(); requests.len()];
+        let mut seen = HashSet::new();
+        let slots: Vec<Slot> = requests
+            .iter()
+            .map(|r| Slot {
+                free: r.free,
+                max_jobs: if seen.insert(r.worker_id) {
+                    r.max_jobs
+                } else {
+                    0
+                },
+            })
+            .collect();
+        if slots.iter().all(|s| s.max_jobs == 0) {
+            return Ok(each);
         }
         let mut tx = self.begin().await?;
         // Placement needs only these columns: the full rows (and their JSON)
@@ -730,20 +747,19 @@ impl Store for SqlStore {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let slots = [Slot {
-            free: request.free,
-            max_jobs: request.max_jobs,
-        }];
         let assignments = placement::place(&candidates, &slots);
         if assignments.is_empty() {
             tx.commit().await?;
-            return Ok(vec![]);
+            return Ok(each);
         }
-        let picked: Vec<&str> = assignments
+        // (job id, index of the request it goes to)
+        let picked: Vec<(&str, usize)> = assignments
             .iter()
-            .map(|a| candidates[a.job].id.as_str())
+            .map(|a| (candidates[a.job].id.as_str(), a.worker))
             .collect();
-        let mut jobs = self.load_jobs(&mut tx, picked.iter().copied()).await?;
+        let mut jobs = self
+            .load_jobs(&mut tx, picked.iter().map(|(id, _)| *id))
+            .await?;
         let mut tokens: HashMap<String, i64> = HashMap::with_capacity(picked.len());
         for chunk in picked.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
@@ -752,13 +768,13 @@ impl Store for SqlStore {
                 value_rows(1, chunk.len(), 4)
             );
             let mut query = sqlx::query(&sql);
-            for id in chunk {
+            for (id, to) in chunk {
                 let job = jobs
                     .get(*id)
                     .ok_or_else(|| Error::Corrupt(format!("queued job {id} vanished")))?;
                 query = query
                     .bind(id.to_string())
-                    .bind(request.worker_id.to_owned())
+                    .bind(requests[*to].worker_id.to_owned())
                     .bind(job.status.attempt as i64 + 1)
                     .bind(now_ms);
             }
@@ -767,24 +783,27 @@ impl Store for SqlStore {
             }
         }
         let mut transitions = Vec::with_capacity(picked.len());
-        for id in &picked {
+        for (id, to) in &picked {
             let job = jobs.get_mut(*id).expect("checked above");
             let token = tokens
                 .get(*id)
                 .ok_or_else(|| Error::Corrupt(format!("no lease token returned for {id}")))?;
             let event = Event::Lease {
                 token: *token as u64,
-                worker_id: request.worker_id.to_owned(),
-                expires_at_ms: now_ms + request.ttl_ms,
+                worker_id: requests[*to].worker_id.to_owned(),
+                expires_at_ms: now_ms + requests[*to].ttl_ms,
             };
             let outcome = state::step(&job.status, event, now_ms, &RetryPolicy::default())?;
             transitions.extend(settle(job, &outcome, Attachments::default(), now_ms));
         }
-        let leased: Vec<&JobRecord> = picked.iter().map(|id| &jobs[*id]).collect();
+        let leased: Vec<&JobRecord> = picked.iter().map(|(id, _)| &jobs[*id]).collect();
         self.write_outcomes(&mut tx, &leased, &transitions, false)
             .await?;
         tx.commit().await?;
-        Ok(leased.into_iter().cloned().collect())
+        for (id, to) in &picked {
+            each[*to].push(jobs[*id].clone());
+        }
+        Ok(each)
     }
 
     async fn record_progress(
@@ -915,39 +934,75 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn heartbeat_worker(
+    async fn heartbeat_workers(
         &self,
-        id: &str,
-        report: &WorkerReport,
+        beats: &[Heartbeat],
         now_ms: i64,
-    ) -> Result<Option<WorkerState>> {
+    ) -> Result<Vec<Option<WorkerState>>> {
+        if beats.is_empty() {
+            return Ok(vec![]);
+        }
         let mut tx = self.begin().await?;
-        let sql = format!(
-            "SELECT state FROM workers WHERE id = $1{}",
-            self.dialect.for_update()
-        );
-        let before: Option<String> = sqlx::query_scalar(&sql)
-            .bind(id.to_owned())
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(before) = before else {
-            return Ok(None);
-        };
-        let before = WorkerState::parse(&before)
-            .ok_or_else(|| Error::Corrupt(format!("worker state {before:?}")))?;
-        if before != WorkerState::Lost {
-            sqlx::query(
-                "UPDATE workers SET last_heartbeat_ms = $1, state = $2, note = $3 WHERE id = $4",
-            )
-            .bind(now_ms)
-            .bind(report.state_after(before).as_str())
-            .bind(report.note.clone())
-            .bind(id.to_owned())
-            .execute(&mut *tx)
-            .await?;
+        // The workers' states, locked in id order; each beat then sees what
+        // the ones before it in this batch made of its worker.
+        let ids: Vec<&str> = beats
+            .iter()
+            .map(|b| b.worker_id.as_str())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut states: HashMap<String, WorkerState> = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT id, state FROM workers WHERE id IN ({}) ORDER BY id{}",
+                params(1, chunk.len()),
+                self.dialect.for_update()
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id.to_string());
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                let state: String = row.try_get("state")?;
+                let state = WorkerState::parse(&state)
+                    .ok_or_else(|| Error::Corrupt(format!("worker state {state:?}")))?;
+                states.insert(row.try_get("id")?, state);
+            }
+        }
+        let mut befores = Vec::with_capacity(beats.len());
+        // The last report of each live worker is what gets written.
+        let mut latest: BTreeMap<&str, (WorkerState, &str)> = BTreeMap::new();
+        for beat in beats {
+            let before = states.get(&beat.worker_id).copied();
+            if let Some(before) = before
+                && before != WorkerState::Lost
+            {
+                let after = beat.report.state_after(before);
+                states.insert(beat.worker_id.clone(), after);
+                latest.insert(&beat.worker_id, (after, &beat.report.note));
+            }
+            befores.push(before);
+        }
+        let latest: Vec<_> = latest.into_iter().collect();
+        for chunk in latest.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "UPDATE workers SET last_heartbeat_ms = CAST(v.column2 AS BIGINT), \
+                 state = v.column3, note = v.column4 \
+                 FROM (VALUES {}) AS v WHERE workers.id = v.column1",
+                value_rows(1, chunk.len(), 4)
+            );
+            let mut query = sqlx::query(&sql);
+            for (id, (state, note)) in chunk {
+                query = query
+                    .bind(id.to_string())
+                    .bind(now_ms)
+                    .bind(state.as_str())
+                    .bind(note.to_string());
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(Some(before))
+        Ok(befores)
     }
 
     async fn mark_lost_workers(&self, cutoff_ms: i64) -> Result<Vec<String>> {
@@ -972,10 +1027,15 @@ impl Store for SqlStore {
             .transpose()
     }
 
-    async fn workers(&self) -> Result<Vec<(WorkerRecord, Vec<String>)>> {
+    async fn workers(&self) -> Result<Vec<WorkerRecord>> {
         let sql = format!("SELECT {WORKER_COLUMNS} FROM workers ORDER BY name, id");
         let mut conn = self.read().await?;
         let rows = sqlx::query(&sql).fetch_all(&mut *conn).await?;
+        rows.iter().map(worker_from_row).collect()
+    }
+
+    async fn held_jobs(&self) -> Result<BTreeMap<String, Vec<String>>> {
+        let mut conn = self.read().await?;
         let held = sqlx::query(
             "SELECT worker_id, id FROM jobs WHERE state IN ('leased', 'running') ORDER BY id",
         )
@@ -989,13 +1049,7 @@ impl Store for SqlStore {
                 .or_default()
                 .push(r.try_get("id")?);
         }
-        rows.iter()
-            .map(|row| {
-                let w = worker_from_row(row)?;
-                let jobs = by_worker.remove(&w.id).unwrap_or_default();
-                Ok((w, jobs))
-            })
-            .collect()
+        Ok(by_worker)
     }
 
     async fn listen(
