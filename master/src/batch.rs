@@ -38,6 +38,45 @@ type Waiting<W> = (
     oneshot::Sender<Result<<W as BatchWrite>::Response>>,
 );
 
+/// A thread of its own for the batch tasks. On a busy master the runtime's
+/// workers are full of request handlers; a write transaction's next
+/// statement would wait behind them at every round trip to the database,
+/// and with one SQLite writer that wait is everyone's. Here a woken batch
+/// task runs at once. Stops when dropped.
+pub struct WriteThread {
+    handle: tokio::runtime::Handle,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl WriteThread {
+    pub fn start() -> std::io::Result<WriteThread> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("ffleet-writes".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
+        Ok(WriteThread {
+            handle,
+            stop: Some(stop),
+        })
+    }
+}
+
+impl Drop for WriteThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
 /// A cloneable handle to the tasks that run batches of `W`.
 pub struct Batcher<W: BatchWrite> {
     queue: mpsc::UnboundedSender<Waiting<W>>,
@@ -52,16 +91,16 @@ impl<W: BatchWrite> Clone for Batcher<W> {
 }
 
 impl<W: BatchWrite> Batcher<W> {
-    /// Starts `concurrency` tasks, each running one batch at a time; they
-    /// end when the last handle is dropped. `sizes` observes each batch's
-    /// size.
-    pub fn spawn(write: W, concurrency: usize, sizes: Histogram) -> Self {
+    /// Starts `concurrency` tasks on `thread`, each running one batch at a
+    /// time; they end when the last handle is dropped. `sizes` observes
+    /// each batch's size.
+    pub fn spawn(write: W, concurrency: usize, sizes: Histogram, thread: &WriteThread) -> Self {
         let (queue, receiver) = mpsc::unbounded_channel::<Waiting<W>>();
         let receiver = Arc::new(Mutex::new(receiver));
         let write = Arc::new(write);
         for _ in 0..concurrency.max(1) {
             let (receiver, write, sizes) = (receiver.clone(), write.clone(), sizes.clone());
-            tokio::spawn(async move {
+            thread.handle.spawn(async move {
                 let mut waiting = Vec::with_capacity(MAX_BATCH);
                 loop {
                     // Whoever holds the receiver gathers the next batch:
@@ -167,6 +206,7 @@ mod tests {
     type Batches = Arc<StdMutex<Vec<Vec<i64>>>>;
 
     fn echo(permits: usize) -> (Batcher<Echo>, Batches, Arc<Semaphore>) {
+        let thread = WriteThread::start().unwrap();
         let batches = Arc::new(StdMutex::new(vec![]));
         let gate = Arc::new(Semaphore::new(permits));
         let sizes = Histogram::with_opts(HistogramOpts::new("sizes", "test")).unwrap();
@@ -174,7 +214,10 @@ mod tests {
             batches: batches.clone(),
             gate: gate.clone(),
         };
-        (Batcher::spawn(write, 1, sizes), batches, gate)
+        let batcher = Batcher::spawn(write, 1, sizes, &thread);
+        // The tasks outlive the test's handle on the thread.
+        std::mem::forget(thread);
+        (batcher, batches, gate)
     }
 
     /// Calls `b` with each request from its own task, after one call that

@@ -14,7 +14,7 @@ use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{BatchWrite, Batcher};
+use crate::batch::{BatchWrite, Batcher, WriteThread};
 use crate::error::{Error, Result};
 use crate::grpc::{job_to_wire, status};
 use crate::metrics::Metrics;
@@ -67,6 +67,9 @@ struct Inner {
     applies: Batcher<Applies>,
     leases: Batcher<Leases>,
     heartbeats: Batcher<Heartbeats>,
+    /// Where the batchers run; declared after them so that it stops after
+    /// their queues close.
+    _write_thread: WriteThread,
     /// The workers as last read, and when: see [`WORKERS_SEEN_TTL`].
     workers_seen: Mutex<Option<(Instant, Arc<Vec<WorkerRecord>>)>>,
     metrics: Metrics,
@@ -94,6 +97,7 @@ impl Cluster {
     ) -> Self {
         let (job_changes, _) = broadcast::channel(1024);
         let writers = store.write_concurrency();
+        let thread = WriteThread::start().expect("starting the write thread");
         let sizes = |op: &str| metrics.db_batch_size.with_label_values(&[op]);
         let submits = Batcher::spawn(
             Submits {
@@ -101,6 +105,7 @@ impl Cluster {
             },
             writers,
             sizes("submit"),
+            &thread,
         );
         let applies = Batcher::spawn(
             Applies {
@@ -109,6 +114,7 @@ impl Cluster {
             },
             writers,
             sizes("apply"),
+            &thread,
         );
         let leases = Batcher::spawn(
             Leases {
@@ -116,6 +122,7 @@ impl Cluster {
             },
             writers,
             sizes("lease"),
+            &thread,
         );
         let heartbeats = Batcher::spawn(
             Heartbeats {
@@ -123,6 +130,7 @@ impl Cluster {
             },
             writers,
             sizes("heartbeat"),
+            &thread,
         );
         Cluster {
             inner: Arc::new(Inner {
@@ -135,6 +143,7 @@ impl Cluster {
                 applies,
                 leases,
                 heartbeats,
+                _write_thread: thread,
                 workers_seen: Mutex::new(None),
                 metrics,
                 shutdown,
