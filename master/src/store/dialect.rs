@@ -72,6 +72,17 @@ impl Dialect {
         }
     }
 
+    /// The `i`th (from 1) placeholder of a generated statement whose
+    /// placeholders are bound in order. SQLite gets anonymous `?`: it
+    /// resolves a named `$N` by scanning every name before it, which makes
+    /// a 2,000-value batch statement quadratic to prepare and bind.
+    pub fn placeholder(self, i: usize) -> String {
+        match self {
+            Dialect::Sqlite => "?".to_owned(),
+            Dialect::Postgres => format!("${i}"),
+        }
+    }
+
     /// The larger of two values.
     pub fn greatest(self) -> &'static str {
         match self {

@@ -152,7 +152,7 @@ impl SqlStore {
         for chunk in payloads.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "SELECT 1 FROM (SELECT pg_notify($1, v.column1) FROM (VALUES {}) AS v) AS sent",
-                value_rows(2, chunk.len(), 1)
+                value_rows(self.dialect, 2, chunk.len(), 1)
             );
             let mut query = sqlx::query(&sql).bind(channel);
             for payload in chunk {
@@ -176,7 +176,7 @@ impl SqlStore {
         for chunk in ids.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({}) ORDER BY id{}",
-                params(1, chunk.len()),
+                params(self.dialect, 1, chunk.len()),
                 self.dialect.for_update()
             );
             let mut query = sqlx::query(&sql);
@@ -206,7 +206,7 @@ impl SqlStore {
         for chunk in keys.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key IN ({})",
-                params(1, chunk.len())
+                params(self.dialect, 1, chunk.len())
             );
             let mut query = sqlx::query(&sql);
             for key in chunk {
@@ -236,7 +236,7 @@ impl SqlStore {
                  memory_bytes, disk_bytes, attempt, max_attempts, cancel_requested, \
                  not_before_ms, created_at_ms, updated_at_ms, trace_parent) VALUES {} \
                  ON CONFLICT DO NOTHING RETURNING id",
-                value_rows(1, chunk.len(), 15)
+                value_rows(self.dialect, 1, chunk.len(), 15)
             );
             let mut query = sqlx::query(&sql);
             for job in chunk {
@@ -289,7 +289,7 @@ impl SqlStore {
                  updated_at_ms = CAST(v.column12 AS BIGINT), \
                  finished_at_ms = CAST(v.column13 AS BIGINT), usage = v.column14 \
                  FROM (VALUES {}) AS v WHERE jobs.id = v.column1",
-                value_rows(1, chunk.len(), 14)
+                value_rows(self.dialect, 1, chunk.len(), 14)
             );
             let mut query = sqlx::query(&sql);
             for job in chunk {
@@ -312,7 +312,7 @@ impl SqlStore {
             }
             query.execute(&mut **tx).await?;
         }
-        insert_transitions(tx, transitions).await?;
+        insert_transitions(tx, self.dialect, transitions).await?;
         if self.dialect.is_shared() {
             let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
             self.notify(tx, JOB_CHANNEL, &ids).await?;
@@ -402,13 +402,14 @@ fn settle(
 
 async fn insert_transitions(
     tx: &mut Transaction<'static, Any>,
+    dialect: Dialect,
     rows: &[TransitionRow],
 ) -> Result<()> {
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO job_transitions (job_id, from_state, to_state, at_ms, reason, \
              worker_id, lease_token) VALUES {}",
-            value_rows(1, chunk.len(), 7)
+            value_rows(dialect, 1, chunk.len(), 7)
         );
         let mut query = sqlx::query(&sql);
         for row in chunk {
@@ -427,18 +428,18 @@ async fn insert_transitions(
     Ok(())
 }
 
-/// `$first, $first+1, ...`: `n` placeholders.
-fn params(first: usize, n: usize) -> String {
+/// `n` placeholders, numbered from `first` (see [`Dialect::placeholder`]).
+fn params(dialect: Dialect, first: usize, n: usize) -> String {
     (first..first + n)
-        .map(|i| format!("${i}"))
+        .map(|i| dialect.placeholder(i))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-/// `($first, ...), (...)`: `rows` rows of `columns` placeholders.
-fn value_rows(first: usize, rows: usize, columns: usize) -> String {
+/// `(p1, p2), (p3, p4), ...`: `rows` rows of `columns` placeholders.
+fn value_rows(dialect: Dialect, first: usize, rows: usize, columns: usize) -> String {
     (0..rows)
-        .map(|r| format!("({})", params(first + r * columns, columns)))
+        .map(|r| format!("({})", params(dialect, first + r * columns, columns)))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -572,7 +573,7 @@ impl Store for SqlStore {
                 record: TransitionRecord::submitted(now_ms),
             })
             .collect();
-        insert_transitions(&mut tx, &transitions).await?;
+        insert_transitions(&mut tx, self.dialect, &transitions).await?;
         if !created.is_empty() && self.dialect.is_shared() {
             let ids: Vec<&str> = created.iter().map(|j| j.id.as_str()).collect();
             self.notify(&mut tx, JOB_CHANNEL, &ids).await?;
@@ -765,7 +766,7 @@ impl Store for SqlStore {
             let sql = format!(
                 "INSERT INTO leases (job_id, worker_id, attempt, granted_at_ms) VALUES {} \
                  RETURNING job_id, token",
-                value_rows(1, chunk.len(), 4)
+                value_rows(self.dialect, 1, chunk.len(), 4)
             );
             let mut query = sqlx::query(&sql);
             for (id, to) in chunk {
@@ -955,7 +956,7 @@ impl Store for SqlStore {
         for chunk in ids.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "SELECT id, state FROM workers WHERE id IN ({}) ORDER BY id{}",
-                params(1, chunk.len()),
+                params(self.dialect, 1, chunk.len()),
                 self.dialect.for_update()
             );
             let mut query = sqlx::query(&sql);
@@ -989,7 +990,7 @@ impl Store for SqlStore {
                 "UPDATE workers SET last_heartbeat_ms = CAST(v.column2 AS BIGINT), \
                  state = v.column3, note = v.column4 \
                  FROM (VALUES {}) AS v WHERE workers.id = v.column1",
-                value_rows(1, chunk.len(), 4)
+                value_rows(self.dialect, 1, chunk.len(), 4)
             );
             let mut query = sqlx::query(&sql);
             for (id, (state, note)) in chunk {
