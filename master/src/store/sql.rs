@@ -163,32 +163,52 @@ impl SqlStore {
         Ok(())
     }
 
-    /// The jobs `ids` names, locked for update (in id order, so two
-    /// transactions locking overlapping sets cannot deadlock).
+    /// The jobs `ids` names, locked for update in id order.
     async fn load_jobs<'a>(
         &self,
         tx: &mut Transaction<'static, Any>,
         ids: impl IntoIterator<Item = &'a str>,
     ) -> Result<HashMap<String, JobRecord>> {
-        let ids: BTreeSet<&str> = ids.into_iter().collect();
-        let mut jobs = HashMap::with_capacity(ids.len());
-        let ids: Vec<&str> = ids.into_iter().collect();
-        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({}) ORDER BY id{}",
-                params(self.dialect, 1, chunk.len()),
-                self.dialect.for_update()
-            );
-            let mut query = sqlx::query(&sql);
-            for id in chunk {
-                query = query.bind(id.to_string());
-            }
-            for row in query.fetch_all(&mut **tx).await? {
-                let job = job_from_row(&row)?;
-                jobs.insert(job.id.clone(), job);
-            }
+        let select = format!("SELECT {JOB_COLUMNS} FROM jobs");
+        let rows = self.rows_where_in(tx, &select, "id", ids, true).await?;
+        let mut jobs = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let job = job_from_row(row)?;
+            jobs.insert(job.id.clone(), job);
         }
         Ok(jobs)
+    }
+
+    /// The rows of `select` whose `column` is one of `keys`, in `column`
+    /// order; with `lock`, locked for update in that order (so two
+    /// transactions locking overlapping sets cannot deadlock).
+    async fn rows_where_in<'a>(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        select: &str,
+        column: &str,
+        keys: impl IntoIterator<Item = &'a str>,
+        lock: bool,
+    ) -> Result<Vec<AnyRow>> {
+        let keys: Vec<&str> = keys
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut rows = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "{select} WHERE {column} IN ({}) ORDER BY {column}{}",
+                params(self.dialect, 1, chunk.len()),
+                if lock { self.dialect.for_update() } else { "" }
+            );
+            let mut query = sqlx::query(&sql);
+            for key in chunk {
+                query = query.bind(key.to_string());
+            }
+            rows.extend(query.fetch_all(&mut **tx).await?);
+        }
+        Ok(rows)
     }
 
     /// The jobs that hold these idempotency keys.
@@ -197,26 +217,15 @@ impl SqlStore {
         tx: &mut Transaction<'static, Any>,
         keys: impl IntoIterator<Item = &'a str>,
     ) -> Result<HashMap<String, JobRecord>> {
-        let keys: Vec<&str> = keys
-            .into_iter()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let mut jobs = HashMap::with_capacity(keys.len());
-        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key IN ({})",
-                params(self.dialect, 1, chunk.len())
-            );
-            let mut query = sqlx::query(&sql);
-            for key in chunk {
-                query = query.bind(key.to_string());
-            }
-            for row in query.fetch_all(&mut **tx).await? {
-                let job = job_from_row(&row)?;
-                if let Some(key) = job.idempotency_key.clone() {
-                    jobs.insert(key, job);
-                }
+        let select = format!("SELECT {JOB_COLUMNS} FROM jobs");
+        let rows = self
+            .rows_where_in(tx, &select, "idempotency_key", keys, false)
+            .await?;
+        let mut jobs = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let job = job_from_row(row)?;
+            if let Some(key) = job.idempotency_key.clone() {
+                jobs.insert(key, job);
             }
         }
         Ok(jobs)
@@ -946,29 +955,16 @@ impl Store for SqlStore {
         let mut tx = self.begin().await?;
         // The workers' states, locked in id order; each beat then sees what
         // the ones before it in this batch made of its worker.
-        let ids: Vec<&str> = beats
-            .iter()
-            .map(|b| b.worker_id.as_str())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let mut states: HashMap<String, WorkerState> = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "SELECT id, state FROM workers WHERE id IN ({}) ORDER BY id{}",
-                params(self.dialect, 1, chunk.len()),
-                self.dialect.for_update()
-            );
-            let mut query = sqlx::query(&sql);
-            for id in chunk {
-                query = query.bind(id.to_string());
-            }
-            for row in query.fetch_all(&mut *tx).await? {
-                let state: String = row.try_get("state")?;
-                let state = WorkerState::parse(&state)
-                    .ok_or_else(|| Error::Corrupt(format!("worker state {state:?}")))?;
-                states.insert(row.try_get("id")?, state);
-            }
+        let ids = beats.iter().map(|b| b.worker_id.as_str());
+        let rows = self
+            .rows_where_in(&mut tx, "SELECT id, state FROM workers", "id", ids, true)
+            .await?;
+        let mut states: HashMap<String, WorkerState> = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let state: String = row.try_get("state")?;
+            let state = WorkerState::parse(&state)
+                .ok_or_else(|| Error::Corrupt(format!("worker state {state:?}")))?;
+            states.insert(row.try_get("id")?, state);
         }
         let mut befores = Vec::with_capacity(beats.len());
         // The last report of each live worker is what gets written.
