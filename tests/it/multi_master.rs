@@ -124,6 +124,64 @@ async fn two_thousand_jobs_on_two_masters_sharing_postgres_run_exactly_once() ->
     two_thousand_jobs(Backend::Postgres, 2).await
 }
 
+/// Group commit meets idempotency across masters: 16 clients submit the
+/// same 40 keys, each in its own order, half through each master, so the
+/// batches of both masters race on the same keys. Each key must make one
+/// job, and every client must be told that job's id.
+#[tokio::test]
+async fn the_same_keys_submitted_through_two_masters_at_once_make_one_job_each()
+-> anyhow::Result<()> {
+    const KEYS: usize = 40;
+    const CLIENTS: usize = 16;
+    let mut cluster = Cluster::start_on(Backend::Postgres, MasterConfig::default()).await?;
+    let urls = [
+        cluster.master.url.clone(),
+        cluster.spawn_another_master().await?,
+    ];
+    let input = cluster.dir().join("in.mp4");
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..CLIENTS {
+        let mut client = JobServiceClient::connect(urls[c % 2].clone()).await?;
+        let input = input.clone();
+        tasks.spawn(async move {
+            let mut seen = vec![];
+            for i in 0..KEYS {
+                // A different order per client: forward, backward, rotated.
+                let k = if c % 2 == 0 {
+                    (i + c) % KEYS
+                } else {
+                    KEYS - 1 - (i + c) % KEYS
+                };
+                let request = v1::SubmitJobRequest {
+                    spec: Some(spec(&input, &format!("keys/{k}.m4a"), "aac")),
+                    idempotency_key: format!("key-{k}"),
+                };
+                let job = client.submit_job(request).await?.into_inner();
+                seen.push((k, job.id));
+            }
+            Ok::<_, anyhow::Error>(seen)
+        });
+    }
+    let mut ids: std::collections::BTreeMap<usize, std::collections::BTreeSet<String>> =
+        Default::default();
+    while let Some(done) = tasks.join_next().await {
+        for (k, id) in done?? {
+            ids.entry(k).or_default().insert(id);
+        }
+    }
+    assert_eq!(ids.len(), KEYS);
+    for (k, set) in &ids {
+        assert_eq!(set.len(), 1, "key-{k} answered with several jobs: {set:?}");
+    }
+    assert_eq!(
+        count(&cluster, "SELECT COUNT(*) FROM jobs").await?,
+        KEYS as i64
+    );
+    let submitted = "SELECT COUNT(*) FROM job_transitions WHERE reason = 'submitted'";
+    assert_eq!(count(&cluster, submitted).await?, KEYS as i64);
+    Ok(())
+}
+
 #[tokio::test]
 async fn killing_one_of_two_masters_loses_no_job() -> anyhow::Result<()> {
     const JOBS: usize = 200;

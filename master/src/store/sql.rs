@@ -563,6 +563,9 @@ impl Store for SqlStore {
             }
             fresh.push(job);
         }
+        // Keys inserted in key order: two masters inserting overlapping
+        // keys then wait for each other in one order, never in a cycle.
+        fresh.sort_by(|a, b| a.idempotency_key.cmp(&b.idempotency_key));
         let inserted = self.insert_jobs(&mut tx, &fresh).await?;
         if inserted.len() < fresh.len() {
             // Another master inserted some of these keys meanwhile (the
