@@ -19,8 +19,9 @@ use crate::error::{Error, Result};
 use crate::grpc::{job_to_wire, status};
 use crate::metrics::Metrics;
 use crate::store::{
-    ApplyRequest, Attachments, Change, Each, Heartbeat, JobRecord, LeaseRef, LeaseRequest, Store,
-    SubmitRequest, Submitted, TransitionRecord, WorkerRecord, WorkerReport, WorkerState,
+    ApplyRequest, Attachments, Change, Each, Heartbeat, JobRecord, LeaseRef, LeaseRequest,
+    LeaseStatus, ProgressReport, Store, SubmitRequest, Submitted, TransitionRecord, WorkerRecord,
+    WorkerReport, WorkerState,
 };
 
 /// Sent on `job_changes` when any job may have changed.
@@ -67,6 +68,7 @@ struct Inner {
     applies: Batcher<Applies>,
     leases: Batcher<Leases>,
     heartbeats: Batcher<Heartbeats>,
+    progress_reports: Batcher<ProgressReports>,
     /// Where the batchers run; declared after them so that it stops after
     /// their queues close.
     _write_thread: WriteThread,
@@ -132,6 +134,14 @@ impl Cluster {
             sizes("heartbeat"),
             &thread,
         );
+        let progress_reports = Batcher::spawn(
+            ProgressReports {
+                store: store.clone(),
+            },
+            writers,
+            sizes("progress"),
+            &thread,
+        );
         Cluster {
             inner: Arc::new(Inner {
                 store,
@@ -143,6 +153,7 @@ impl Cluster {
                 applies,
                 leases,
                 heartbeats,
+                progress_reports,
                 _write_thread: thread,
                 workers_seen: Mutex::new(None),
                 metrics,
@@ -584,35 +595,36 @@ impl Cluster {
     /// Records progress; the first report moves the job to running. Returns
     /// whether the job's cancellation was requested.
     pub async fn progress(&self, lease: &LeaseRef, progress: Progress) -> Result<bool> {
-        let job = self
-            .store()
-            .job(&lease.job_id)
-            .await?
-            .ok_or_else(|| Error::JobNotFound(lease.job_id.clone()))?;
-        if job.status.state == ffleet_core::JobState::Leased {
-            let attachments = Attachments {
-                progress: Some(progress.clone()),
-                ..Attachments::default()
-            };
-            let (job, _) = self
-                .apply(
-                    &lease.job_id,
-                    Event::Start { token: lease.token },
-                    attachments,
-                )
-                .await?;
-            return Ok(job.status.cancel_requested);
-        }
-        let now = now_ms();
-        match self.store().record_progress(lease, &progress, now).await? {
-            Some(cancel) => {
-                let _ = self.inner.job_changes.send(lease.job_id.clone());
-                Ok(cancel)
+        let report = ProgressReport {
+            lease: lease.clone(),
+            progress,
+        };
+        let attachments = Attachments {
+            progress: Some(report.progress.clone()),
+            ..Attachments::default()
+        };
+        match self.inner.progress_reports.call(report).await? {
+            Some(status) if status.state == ffleet_core::JobState::Leased => {
+                let event = Event::Start { token: lease.token };
+                let (job, _) = self.apply(&lease.job_id, event, attachments).await?;
+                Ok(job.status.cancel_requested)
             }
-            None => Err(Error::Step(StepError::StaleLease {
-                presented: lease.token,
-                current: job.status.lease.map(|l| l.token),
-            })),
+            Some(status) => {
+                let _ = self.inner.job_changes.send(lease.job_id.clone());
+                Ok(status.cancel_requested)
+            }
+            // Stale: say which lease is current, if the job exists.
+            None => {
+                let job = self
+                    .store()
+                    .job(&lease.job_id)
+                    .await?
+                    .ok_or_else(|| Error::JobNotFound(lease.job_id.clone()))?;
+                Err(Error::Step(StepError::StaleLease {
+                    presented: lease.token,
+                    current: job.status.lease.map(|l| l.token),
+                }))
+            }
         }
     }
 
@@ -728,6 +740,22 @@ impl BatchWrite for Heartbeats {
 
     async fn write(&self, beats: &[Heartbeat]) -> Result<Each<Option<WorkerState>>> {
         let each = self.store.heartbeat_workers(beats, now_ms()).await?;
+        Ok(each.into_iter().map(Ok).collect())
+    }
+}
+
+/// Progress reports, many jobs' to a transaction.
+struct ProgressReports {
+    store: Arc<dyn Store>,
+}
+
+#[async_trait::async_trait]
+impl BatchWrite for ProgressReports {
+    type Request = ProgressReport;
+    type Response = Option<LeaseStatus>;
+
+    async fn write(&self, reports: &[ProgressReport]) -> Result<Each<Option<LeaseStatus>>> {
+        let each = self.store.record_progress_many(reports, now_ms()).await?;
         Ok(each.into_iter().map(Ok).collect())
     }
 }

@@ -31,7 +31,7 @@ const SHORT_BUCKETS: &[f64] = &[
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 
 /// The store operations whose requests are batched (group commit).
-pub const BATCHED_OPERATIONS: &[&str] = &["submit", "apply", "lease", "heartbeat"];
+pub const BATCHED_OPERATIONS: &[&str] = &["submit", "apply", "lease", "heartbeat", "progress"];
 
 /// The store operations timed in `ffleet_db_query_duration_seconds`.
 pub const DB_OPERATIONS: &[&str] = &[

@@ -393,6 +393,83 @@ pub async fn a_batch_of_heartbeats_applies_in_order(db: &TestDb) -> anyhow::Resu
     Ok(())
 }
 
+/// Progress batched in one transaction: fenced by token per report, and
+/// each report learns its job's state and whether it was cancelled.
+pub async fn a_batch_of_progress_reports_is_fenced_per_report(db: &TestDb) -> anyhow::Result<()> {
+    let store = db.open().await?;
+    submit(store.as_ref(), "a", 0, 100, 1).await?;
+    submit(store.as_ref(), "b", 0, 100, 2).await?;
+    let leased = store.lease(lease_request("w1", 1000, 2), 10).await?;
+    let (a, b) = (token_of(&leased[0]), token_of(&leased[1]));
+    store
+        .apply(
+            "a",
+            Event::Start { token: a },
+            Attachments::default(),
+            20,
+            &RETRY,
+        )
+        .await?;
+    store
+        .apply("a", Event::Cancel, Attachments::default(), 25, &RETRY)
+        .await?;
+    let at = |out_time_us: u64| ffleet_core::report::Progress {
+        out_time_us,
+        ..Default::default()
+    };
+    let report = |job_id: &str, token: u64, out: u64| store::ProgressReport {
+        lease: LeaseRef {
+            job_id: job_id.into(),
+            token,
+        },
+        progress: at(out),
+    };
+    let answers = store
+        .record_progress_many(
+            &[
+                report("a", a, 100),
+                report("b", b, 200),
+                report("a", a + 50, 300),
+                report("missing", 1, 400),
+                report("b", b, 500),
+            ],
+            30,
+        )
+        .await?;
+    let running_cancelled = store::LeaseStatus {
+        state: JobState::Running,
+        cancel_requested: true,
+    };
+    let leased_only = store::LeaseStatus {
+        state: JobState::Leased,
+        cancel_requested: false,
+    };
+    assert_eq!(
+        answers,
+        [
+            Some(running_cancelled),
+            Some(leased_only),
+            None,
+            None,
+            Some(leased_only)
+        ]
+    );
+    let a_job = store.job("a").await?.unwrap();
+    assert_eq!(
+        a_job.progress.map(|p| p.out_time_us),
+        Some(100),
+        "the stale report wrote nothing"
+    );
+    let b_job = store.job("b").await?.unwrap();
+    assert_eq!(
+        b_job.progress.map(|p| p.out_time_us),
+        Some(500),
+        "the last report counts"
+    );
+    assert_eq!(b_job.updated_at_ms, 30);
+    Ok(())
+}
+
 pub async fn lease_follows_priority_fit_and_backoff(db: &TestDb) -> anyhow::Result<()> {
     let store = db.open().await?;
     submit(store.as_ref(), "low", 0, 500, 1).await?;
@@ -881,6 +958,7 @@ store_suite!(
     a_batch_of_submissions_resolves_keys_and_reads_back,
     a_batch_of_leases_places_over_every_asking_worker,
     a_batch_of_heartbeats_applies_in_order,
+    a_batch_of_progress_reports_is_fenced_per_report,
     lease_follows_priority_fit_and_backoff,
     concurrent_masters_never_lease_a_job_twice,
     renew_extends_live_leases_and_revokes_the_rest,

@@ -14,12 +14,12 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ApplyRequest, Change, Each, Heartbeat, JobCounts, JobRecord, LeaseRef, LeaseRequest, PoolStats,
-    Store, SubmitRequest, Submitted, TransitionRecord, WorkerRecord, WorkerState,
+    ApplyRequest, Change, Each, Heartbeat, JobCounts, JobRecord, LeaseRef, LeaseRequest,
+    LeaseStatus, PoolStats, ProgressReport, Store, SubmitRequest, Submitted, TransitionRecord,
+    WorkerRecord, WorkerState,
 };
 use crate::error::Result;
 use crate::metrics::Metrics;
-use ffleet_core::report::Progress;
 
 pub struct Metered {
     inner: Arc<dyn Store>,
@@ -88,13 +88,12 @@ impl Store for Metered {
             .await
     }
 
-    async fn record_progress(
+    async fn record_progress_many(
         &self,
-        lease: &LeaseRef,
-        progress: &Progress,
+        reports: &[ProgressReport],
         now_ms: i64,
-    ) -> Result<Option<bool>> {
-        let call = self.inner.record_progress(lease, progress, now_ms);
+    ) -> Result<Vec<Option<LeaseStatus>>> {
+        let call = self.inner.record_progress_many(reports, now_ms);
         self.timed("record_progress", call).await
     }
 

@@ -168,6 +168,20 @@ pub struct LeaseRef {
     pub token: u64,
 }
 
+/// A progress sample under a lease, for [`Store::record_progress_many`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgressReport {
+    pub lease: LeaseRef,
+    pub progress: Progress,
+}
+
+/// What a progress report learns of its job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseStatus {
+    pub state: JobState,
+    pub cancel_requested: bool,
+}
+
 /// One worker's heartbeat, for [`Store::heartbeat_workers`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Heartbeat {
@@ -302,14 +316,30 @@ pub trait Store: Send + Sync + 'static {
         Ok(each.pop().unwrap_or_default())
     }
 
-    /// Stores progress for a current lease. `None` when the lease is stale;
-    /// otherwise whether the job's cancellation was requested.
+    /// Stores progress for current leases, in one transaction. For each
+    /// report: `None` when its lease is stale; otherwise the job's state
+    /// (leased or running) and whether its cancellation was requested.
+    async fn record_progress_many(
+        &self,
+        reports: &[ProgressReport],
+        now_ms: i64,
+    ) -> Result<Vec<Option<LeaseStatus>>>;
+
+    /// [`Store::record_progress_many`] for one report: whether the job's
+    /// cancellation was requested.
     async fn record_progress(
         &self,
         lease: &LeaseRef,
         progress: &Progress,
         now_ms: i64,
-    ) -> Result<Option<bool>>;
+    ) -> Result<Option<bool>> {
+        let report = ProgressReport {
+            lease: lease.clone(),
+            progress: progress.clone(),
+        };
+        let mut each = self.record_progress_many(&[report], now_ms).await?;
+        Ok(each.pop().flatten().map(|s| s.cancel_requested))
+    }
 
     /// Extends the leases the worker still holds; returns those it must stop
     /// (stale, or whose jobs were cancelled).

@@ -16,7 +16,6 @@ use std::time::Instant;
 use async_trait::async_trait;
 use ffleet_core::Resources;
 use ffleet_core::placement::{self, Candidate, Slot};
-use ffleet_core::report::Progress;
 use ffleet_core::state::{self, Event, JobState, JobStatus, Lease, Outcome, RetryPolicy};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::pool::PoolConnection;
@@ -27,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 use super::dialect::{DbOptions, Dialect};
 use super::{
     ApplyRequest, Attachments, Change, Each, Heartbeat, JobCount, JobCounts, JobRecord, LeaseRef,
-    LeaseRequest, PoolStats, Store, SubmitRequest, Submitted, TransitionRecord, WorkerRecord,
-    WorkerState, from_json, json,
+    LeaseRequest, LeaseStatus, PoolStats, ProgressReport, Store, SubmitRequest, Submitted,
+    TransitionRecord, WorkerRecord, WorkerState, from_json, json,
 };
 use crate::error::{Error, Result};
 
@@ -819,30 +818,63 @@ impl Store for SqlStore {
         Ok(each)
     }
 
-    async fn record_progress(
+    async fn record_progress_many(
         &self,
-        lease: &LeaseRef,
-        progress: &Progress,
+        reports: &[ProgressReport],
         now_ms: i64,
-    ) -> Result<Option<bool>> {
-        // Fenced like a state event: only the current lease may write.
-        let mut tx = self.begin().await?;
-        let cancel: Option<i64> = sqlx::query_scalar(
-            "UPDATE jobs SET progress = $1, updated_at_ms = $2 \
-             WHERE id = $3 AND lease_token = $4 AND state IN ('leased', 'running') \
-             RETURNING cancel_requested",
-        )
-        .bind(json(progress))
-        .bind(now_ms)
-        .bind(lease.job_id.clone())
-        .bind(lease.token as i64)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if cancel.is_some() {
-            self.notify(&mut tx, JOB_CHANNEL, &[&lease.job_id]).await?;
+    ) -> Result<Vec<Option<LeaseStatus>>> {
+        if reports.is_empty() {
+            return Ok(vec![]);
         }
+        // Fenced like a state event: only the current lease may write, so
+        // of a job's reports only those with its current token match. The
+        // same lease reported twice is written once, with its last report.
+        let mut last: BTreeMap<(&str, u64), &ProgressReport> = BTreeMap::new();
+        for r in reports {
+            last.insert((&r.lease.job_id, r.lease.token), r);
+        }
+        let last: Vec<&ProgressReport> = last.into_values().collect();
+        let mut tx = self.begin().await?;
+        let mut current: HashMap<String, (u64, LeaseStatus)> = HashMap::new();
+        for chunk in last.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "UPDATE jobs SET progress = v.column3, updated_at_ms = CAST({} AS BIGINT) \
+                 FROM (VALUES {}) AS v WHERE jobs.id = v.column1 \
+                 AND jobs.lease_token = CAST(v.column2 AS BIGINT) \
+                 AND jobs.state IN ('leased', 'running') \
+                 RETURNING jobs.id AS id, jobs.lease_token AS lease_token, \
+                 jobs.state AS state, jobs.cancel_requested AS cancel_requested",
+                self.dialect.placeholder(1),
+                value_rows(self.dialect, 2, chunk.len(), 3)
+            );
+            let mut query = sqlx::query(&sql).bind(now_ms);
+            for r in chunk {
+                query = query
+                    .bind(r.lease.job_id.clone())
+                    .bind(r.lease.token as i64)
+                    .bind(json(&r.progress));
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                let state: String = row.try_get("state")?;
+                let status = LeaseStatus {
+                    state: JobState::parse(&state)
+                        .ok_or_else(|| Error::Corrupt(format!("job state {state:?}")))?,
+                    cancel_requested: int(&row, "cancel_requested")? != 0,
+                };
+                let token = int(&row, "lease_token")? as u64;
+                current.insert(row.try_get("id")?, (token, status));
+            }
+        }
+        let ids: Vec<&str> = current.keys().map(String::as_str).collect();
+        self.notify(&mut tx, JOB_CHANNEL, &ids).await?;
         tx.commit().await?;
-        Ok(cancel.map(|c| c != 0))
+        Ok(reports
+            .iter()
+            .map(|r| match current.get(&r.lease.job_id) {
+                Some((token, status)) if *token == r.lease.token => Some(*status),
+                _ => None,
+            })
+            .collect())
     }
 
     async fn renew(
