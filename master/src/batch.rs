@@ -22,6 +22,9 @@ use crate::store::{Each, only};
 
 /// The most requests one transaction carries.
 pub const MAX_BATCH: usize = 128;
+/// The most requests waiting for a batch; callers beyond it wait to queue
+/// (back-pressure on an overloaded database instead of unbounded memory).
+const MAX_QUEUED: usize = 64 * MAX_BATCH;
 
 /// A write that can be done for many requests at once.
 #[async_trait]
@@ -79,7 +82,7 @@ impl Drop for WriteThread {
 
 /// A cloneable handle to the tasks that run batches of `W`.
 pub struct Batcher<W: BatchWrite> {
-    queue: mpsc::UnboundedSender<Waiting<W>>,
+    queue: mpsc::Sender<Waiting<W>>,
 }
 
 impl<W: BatchWrite> Clone for Batcher<W> {
@@ -95,7 +98,7 @@ impl<W: BatchWrite> Batcher<W> {
     /// time; they end when the last handle is dropped. `sizes` observes
     /// each batch's size.
     pub fn spawn(write: W, concurrency: usize, sizes: Histogram, thread: &WriteThread) -> Self {
-        let (queue, receiver) = mpsc::unbounded_channel::<Waiting<W>>();
+        let (queue, receiver) = mpsc::channel::<Waiting<W>>(MAX_QUEUED);
         let receiver = Arc::new(Mutex::new(receiver));
         let write = Arc::new(write);
         for _ in 0..concurrency.max(1) {
@@ -124,7 +127,10 @@ impl<W: BatchWrite> Batcher<W> {
     /// Sends one request with whatever else is waiting; returns its outcome.
     pub async fn call(&self, request: W::Request) -> Result<W::Response> {
         let (reply, outcome) = oneshot::channel();
-        self.queue.send((request, reply)).map_err(|_| stopped())?;
+        self.queue
+            .send((request, reply))
+            .await
+            .map_err(|_| stopped())?;
         outcome.await.map_err(|_| stopped())?
     }
 }
