@@ -137,25 +137,31 @@ impl SqlStore {
         Ok(conn)
     }
 
-    /// Tells other masters, at commit, that `channel` has news: one
-    /// notification per payload.
+    /// Tells other masters, at commit, that these jobs changed and, with
+    /// `wake_acquirers`, that work may be waiting: one notification each,
+    /// all in one statement.
     async fn notify(
         &self,
         tx: &mut Transaction<'static, Any>,
-        channel: &str,
-        payloads: &[&str],
+        job_ids: &[&str],
+        wake_acquirers: bool,
     ) -> Result<()> {
         if !self.dialect.is_shared() {
             return Ok(());
         }
-        for chunk in payloads.chunks(ROWS_PER_STATEMENT) {
+        let mut sent: Vec<(&str, &str)> = job_ids.iter().map(|id| (JOB_CHANNEL, *id)).collect();
+        if wake_acquirers {
+            sent.push((WORK_CHANNEL, ""));
+        }
+        for chunk in sent.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
-                "SELECT 1 FROM (SELECT pg_notify($1, v.column1) FROM (VALUES {}) AS v) AS sent",
-                value_rows(self.dialect, 2, chunk.len(), 1)
+                "SELECT 1 FROM (SELECT pg_notify(v.column1, v.column2) FROM (VALUES {}) AS v) \
+                 AS sent",
+                value_rows(self.dialect, 1, chunk.len(), 2)
             );
-            let mut query = sqlx::query(&sql).bind(channel);
-            for payload in chunk {
-                query = query.bind(payload.to_string());
+            let mut query = sqlx::query(&sql);
+            for (channel, payload) in chunk {
+                query = query.bind(channel.to_string()).bind(payload.to_string());
             }
             query.execute(&mut **tx).await?;
         }
@@ -321,13 +327,8 @@ impl SqlStore {
             query.execute(&mut **tx).await?;
         }
         insert_transitions(tx, self.dialect, transitions).await?;
-        if self.dialect.is_shared() {
-            let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
-            self.notify(tx, JOB_CHANNEL, &ids).await?;
-            if wake_acquirers {
-                self.notify(tx, WORK_CHANNEL, &[""]).await?;
-            }
-        }
+        let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+        self.notify(tx, &ids, wake_acquirers).await?;
         Ok(())
     }
 }
@@ -585,11 +586,8 @@ impl Store for SqlStore {
             })
             .collect();
         insert_transitions(&mut tx, self.dialect, &transitions).await?;
-        if !created.is_empty() && self.dialect.is_shared() {
-            let ids: Vec<&str> = created.iter().map(|j| j.id.as_str()).collect();
-            self.notify(&mut tx, JOB_CHANNEL, &ids).await?;
-            self.notify(&mut tx, WORK_CHANNEL, &[""]).await?;
-        }
+        let ids: Vec<&str> = created.iter().map(|j| j.id.as_str()).collect();
+        self.notify(&mut tx, &ids, !ids.is_empty()).await?;
         tx.commit().await?;
         let created: HashMap<&str, &JobRecord> =
             created.into_iter().map(|j| (j.id.as_str(), j)).collect();
@@ -866,7 +864,7 @@ impl Store for SqlStore {
             }
         }
         let ids: Vec<&str> = current.keys().map(String::as_str).collect();
-        self.notify(&mut tx, JOB_CHANNEL, &ids).await?;
+        self.notify(&mut tx, &ids, false).await?;
         tx.commit().await?;
         Ok(reports
             .iter()
