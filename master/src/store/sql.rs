@@ -1126,8 +1126,10 @@ impl Store for SqlStore {
     fn write_concurrency(&self) -> usize {
         match self.dialect {
             Dialect::Sqlite => 1,
-            // Leave half the pool to reads and leases.
-            Dialect::Postgres => (self.writer.options().get_max_connections() as usize / 2).max(1),
+            // Five kinds of batch share the pool with reads: a quarter of
+            // it each (2 of the default 10) keeps reads from starving, and
+            // group commit makes the batches big instead of many.
+            Dialect::Postgres => (self.writer.options().get_max_connections() as usize / 4).max(1),
         }
     }
 
