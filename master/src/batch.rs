@@ -11,11 +11,9 @@
 //! masters) is run again one request at a time, so one request never fails
 //! for another's sake.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use prometheus::Histogram;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
 use crate::store::{Each, only};
@@ -94,33 +92,25 @@ impl<W: BatchWrite> Clone for Batcher<W> {
 }
 
 impl<W: BatchWrite> Batcher<W> {
-    /// Starts `concurrency` tasks on `thread`, each running one batch at a
-    /// time; they end when the last handle is dropped. `sizes` observes
-    /// each batch's size.
-    pub fn spawn(write: W, concurrency: usize, sizes: Histogram, thread: &WriteThread) -> Self {
-        let (queue, receiver) = mpsc::channel::<Waiting<W>>(MAX_QUEUED);
-        let receiver = Arc::new(Mutex::new(receiver));
-        let write = Arc::new(write);
-        for _ in 0..concurrency.max(1) {
-            let (receiver, write, sizes) = (receiver.clone(), write.clone(), sizes.clone());
-            thread.handle.spawn(async move {
-                let mut waiting = Vec::with_capacity(MAX_BATCH);
-                loop {
-                    // Whoever holds the receiver gathers the next batch:
-                    // everything queued, up to the cap.
-                    let received = receiver
-                        .lock()
-                        .await
-                        .recv_many(&mut waiting, MAX_BATCH)
-                        .await;
-                    if received == 0 {
-                        return;
-                    }
-                    sizes.observe(received as f64);
-                    run(write.as_ref(), &mut waiting).await;
-                }
-            });
-        }
+    /// Starts the task, on `thread`, that runs one batch at a time; it
+    /// ends when the last handle is dropped. `sizes` observes each batch's
+    /// size.
+    ///
+    /// One batch at a time per kind, on both backends: SQLite has one
+    /// writer anyway, and on Postgres, with two masters, one at a time
+    /// moved more jobs than two or five (bigger batches, fewer round
+    /// trips; docs/PERFORMANCE.md). Several masters still write side by
+    /// side.
+    pub fn spawn(write: W, sizes: Histogram, thread: &WriteThread) -> Self {
+        let (queue, mut receiver) = mpsc::channel::<Waiting<W>>(MAX_QUEUED);
+        thread.handle.spawn(async move {
+            let mut waiting = Vec::with_capacity(MAX_BATCH);
+            // Everything queued, up to the cap, is the next batch.
+            while receiver.recv_many(&mut waiting, MAX_BATCH).await > 0 {
+                sizes.observe(waiting.len() as f64);
+                run(&write, &mut waiting).await;
+            }
+        });
         Batcher { queue }
     }
 
@@ -167,6 +157,7 @@ async fn run<W: BatchWrite>(write: &W, waiting: &mut Vec<Waiting<W>>) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::sync::Mutex as StdMutex;
     use std::time::Duration;
 
@@ -220,7 +211,7 @@ mod tests {
             batches: batches.clone(),
             gate: gate.clone(),
         };
-        let batcher = Batcher::spawn(write, 1, sizes, &thread);
+        let batcher = Batcher::spawn(write, sizes, &thread);
         // The tasks outlive the test's handle on the thread.
         std::mem::forget(thread);
         (batcher, batches, gate)

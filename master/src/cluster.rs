@@ -98,14 +98,12 @@ impl Cluster {
         shutdown: CancellationToken,
     ) -> Self {
         let (job_changes, _) = broadcast::channel(1024);
-        let writers = store.write_concurrency();
         let thread = WriteThread::start().expect("starting the write thread");
         let sizes = |op: &str| metrics.db_batch_size.with_label_values(&[op]);
         let submits = Batcher::spawn(
             Submits {
                 store: store.clone(),
             },
-            writers,
             sizes("submit"),
             &thread,
         );
@@ -114,7 +112,6 @@ impl Cluster {
                 store: store.clone(),
                 retry: config.retry,
             },
-            writers,
             sizes("apply"),
             &thread,
         );
@@ -122,7 +119,6 @@ impl Cluster {
             Leases {
                 store: store.clone(),
             },
-            writers,
             sizes("lease"),
             &thread,
         );
@@ -130,7 +126,6 @@ impl Cluster {
             Heartbeats {
                 store: store.clone(),
             },
-            writers,
             sizes("heartbeat"),
             &thread,
         );
@@ -138,7 +133,6 @@ impl Cluster {
             ProgressReports {
                 store: store.clone(),
             },
-            writers,
             sizes("progress"),
             &thread,
         );

@@ -169,8 +169,4 @@ impl Store for Metered {
     fn pool_stats(&self) -> PoolStats {
         self.inner.pool_stats()
     }
-
-    fn write_concurrency(&self) -> usize {
-        self.inner.write_concurrency()
-    }
 }

@@ -412,11 +412,6 @@ pub trait Store: Send + Sync + 'static {
     async fn job_counts(&self, now_ms: i64) -> Result<JobCounts>;
 
     fn pool_stats(&self) -> PoolStats;
-
-    /// How many write transactions are worth running at once: one for a
-    /// database with a single writer, more where row locks let writers
-    /// proceed side by side.
-    fn write_concurrency(&self) -> usize;
 }
 
 /// The one result of a batch of one.

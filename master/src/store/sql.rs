@@ -1123,16 +1123,6 @@ impl Store for SqlStore {
         })
     }
 
-    fn write_concurrency(&self) -> usize {
-        match self.dialect {
-            Dialect::Sqlite => 1,
-            // Five kinds of batch share the pool with reads: a quarter of
-            // it each (2 of the default 10) keeps reads from starving, and
-            // group commit makes the batches big instead of many.
-            Dialect::Postgres => (self.writer.options().get_max_connections() as usize / 4).max(1),
-        }
-    }
-
     fn pool_stats(&self) -> PoolStats {
         let size = self.writer.size()
             + if self.dialect.is_shared() {
