@@ -504,14 +504,21 @@ impl Cluster {
         max_jobs: usize,
         wait: Duration,
     ) -> Result<Vec<JobRecord>> {
+        // What heartbeats said before this call began is older than what
+        // the call says itself: only reports made while it waits count.
+        self.forget_pending_free(worker_id, seq);
         let result = self
             .acquire_inner(worker_id, free, seq, max_jobs, wait)
             .await;
+        self.forget_pending_free(worker_id, seq);
+        result
+    }
+
+    fn forget_pending_free(&self, worker_id: &str, seq: u64) {
         let mut pending = self.inner.pending_free.lock().expect("pending_free lock");
         if pending.get(worker_id).is_some_and(|(s, _)| *s <= seq) {
             pending.remove(worker_id);
         }
-        result
     }
 
     /// What the worker has free for call `seq`: what it said when calling,

@@ -370,3 +370,57 @@ async fn playlist_inputs_are_refused_before_encoding() -> anyhow::Result<()> {
     assert!(!cluster.master.output_root.join("hls.mp4").exists());
     Ok(())
 }
+
+/// The protocol, spoken by hand: a heartbeat the worker sent while full
+/// (nothing free) and before its next AcquireJobs must not stand for that
+/// call. It once did: the call, which had room, leased nothing, and one
+/// of two slots sat idle until the other job ended.
+#[tokio::test]
+async fn a_heartbeat_from_before_an_acquire_does_not_shrink_its_offer() -> anyhow::Result<()> {
+    let cluster = Cluster::start(MasterConfig::default()).await?;
+    let mut workers = cluster.worker_client().await?;
+    let room = v1::Resources {
+        cpu_millis: 2000,
+        memory_bytes: 8 << 30,
+        disk_bytes: 50 << 30,
+    };
+    let worker_id = workers
+        .register(v1::RegisterRequest {
+            name: "by-hand".into(),
+            capacity: Some(room),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .worker_id;
+    let mut client = cluster.client().await?;
+    let input = cluster.dir().join("in.mp4");
+    let job = submit(&mut client, spec(&input, "by-hand.m4a", "aac")).await?;
+    // Full a moment ago, and the next call will be number 7.
+    workers
+        .heartbeat(v1::HeartbeatRequest {
+            worker_id: worker_id.clone(),
+            free: Some(v1::Resources::default()),
+            acquire_seq: 7,
+            ..Default::default()
+        })
+        .await?;
+    let leases = workers
+        .acquire_jobs(v1::AcquireJobsRequest {
+            worker_id,
+            free: Some(room),
+            max_jobs: 1,
+            wait_ms: 3_000,
+            acquire_seq: 7,
+        })
+        .await?
+        .into_inner()
+        .leases;
+    let leased: Vec<&str> = leases.iter().map(|l| l.job_id.as_str()).collect();
+    assert_eq!(
+        leased,
+        [job.id.as_str()],
+        "the call's own offer fits the job"
+    );
+    Ok(())
+}

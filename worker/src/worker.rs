@@ -264,7 +264,10 @@ struct Shared {
     cgroups: Option<Cgroups>,
     jobs_dir: PathBuf,
     running: Mutex<HashMap<String, RunningJob>>,
-    /// The sequence number of the pending AcquireJobs, 0 when none.
+    /// The sequence number of the AcquireJobs in flight, 0 when none: a
+    /// heartbeat speaks for that call only. (One that said the next call's
+    /// number while the worker was full told the master "nothing free" for
+    /// a call that had room, and a slot idled until the next job ended.)
     pending_acquire: AtomicU64,
     identity: Mutex<Identity>,
     /// The last heartbeat told the master we are quarantined.
@@ -475,7 +478,7 @@ impl Worker {
         let s = &self.shared;
         let mut backoff = Backoff::default();
         let mut drain_announced = false;
-        s.pending_acquire.store(1, Ordering::SeqCst);
+        let mut next_seq: u64 = 1;
         while !s.shutdown.is_cancelled() {
             let released = s.ledger.next_release();
             tokio::pin!(released);
@@ -504,7 +507,9 @@ impl Worker {
                     _ = s.shutdown.cancelled() => break,
                 }
             }
-            let seq = s.pending_acquire.load(Ordering::SeqCst).max(1);
+            let seq = next_seq;
+            next_seq += 1;
+            s.pending_acquire.store(seq, Ordering::SeqCst);
             let request = v1::AcquireJobsRequest {
                 worker_id: self.identity().worker_id,
                 free: Some(free.into()),
@@ -553,9 +558,9 @@ impl Worker {
                     backoff.wait(&s.shutdown).await;
                 }
             }
-            // Only now, with this reply's leases reserved, may a heartbeat
-            // speak for the next call.
-            s.pending_acquire.store(seq + 1, Ordering::SeqCst);
+            // The call is over (its leases reserved above): heartbeats speak
+            // for none until the next one.
+            s.pending_acquire.store(0, Ordering::SeqCst);
         }
     }
 
