@@ -62,8 +62,9 @@ struct Inner {
     /// Free resources a worker reported (by heartbeat) for its pending
     /// AcquireJobs, keyed by worker: (acquire_seq, free).
     pending_free: Mutex<HashMap<String, (u64, Resources)>>,
-    /// Submissions, state events and leases, written by group commit: the
-    /// workers that one submission wakes are leased to together.
+    /// Every write on the hot path, by group commit (`batch`): what
+    /// arrives while a transaction of its kind runs goes in the next one.
+    /// The workers that one submission wakes are leased to together.
     submits: Batcher<Submits>,
     applies: Batcher<Applies>,
     leases: Batcher<Leases>,
