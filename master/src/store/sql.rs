@@ -153,18 +153,17 @@ impl SqlStore {
         if wake_acquirers {
             sent.push((WORK_CHANNEL, ""));
         }
-        for chunk in sent.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
+        let statement = |n| {
+            format!(
                 "SELECT 1 FROM (SELECT pg_notify(v.column1, v.column2) FROM (VALUES {}) AS v) \
                  AS sent",
-                value_rows(self.dialect, 1, chunk.len(), 2)
-            );
-            let mut query = sqlx::query(&sql);
-            for (channel, payload) in chunk {
-                query = query.bind(channel.to_string()).bind(payload.to_string());
-            }
-            query.execute(&mut **tx).await?;
-        }
+                value_rows(self.dialect, 1, n, 2)
+            )
+        };
+        per_chunk(tx, &sent, statement, |q, (channel, payload)| {
+            q.bind(channel.to_string()).bind(payload.to_string())
+        })
+        .await?;
         Ok(())
     }
 
@@ -200,20 +199,14 @@ impl SqlStore {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let mut rows = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
+        let statement = |n| {
+            format!(
                 "{select} WHERE {column} IN ({}) ORDER BY {column}{}",
-                params(self.dialect, 1, chunk.len()),
+                params(self.dialect, 1, n),
                 if lock { self.dialect.for_update() } else { "" }
-            );
-            let mut query = sqlx::query(&sql);
-            for key in chunk {
-                query = query.bind(key.to_string());
-            }
-            rows.extend(query.fetch_all(&mut **tx).await?);
-        }
-        Ok(rows)
+            )
+        };
+        per_chunk(tx, &keys, statement, |q, key| q.bind(key.to_string())).await
     }
 
     /// The jobs that hold these idempotency keys.
@@ -243,40 +236,35 @@ impl SqlStore {
         tx: &mut Transaction<'static, Any>,
         jobs: &[JobRecord],
     ) -> Result<HashSet<String>> {
-        let mut inserted = HashSet::with_capacity(jobs.len());
-        for chunk in jobs.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
+        let statement = |n| {
+            format!(
                 "INSERT INTO jobs (id, idempotency_key, spec, state, priority, cpu_millis, \
                  memory_bytes, disk_bytes, attempt, max_attempts, cancel_requested, \
                  not_before_ms, created_at_ms, updated_at_ms, trace_parent) VALUES {} \
                  ON CONFLICT DO NOTHING RETURNING id",
-                value_rows(self.dialect, 1, chunk.len(), 15)
-            );
-            let mut query = sqlx::query(&sql);
-            for job in chunk {
-                let (spec, status) = (&job.spec, &job.status);
-                query = query
-                    .bind(job.id.clone())
-                    .bind(job.idempotency_key.clone())
-                    .bind(json(spec))
-                    .bind(status.state.as_str())
-                    .bind(spec.priority as i64)
-                    .bind(spec.resources.cpu_millis as i64)
-                    .bind(spec.resources.memory_bytes as i64)
-                    .bind(spec.resources.disk_bytes as i64)
-                    .bind(status.attempt as i64)
-                    .bind(status.max_attempts as i64)
-                    .bind(status.cancel_requested as i64)
-                    .bind(status.not_before_ms)
-                    .bind(job.created_at_ms)
-                    .bind(job.updated_at_ms)
-                    .bind(job.trace_parent.clone());
-            }
-            for row in query.fetch_all(&mut **tx).await? {
-                inserted.insert(row.try_get("id")?);
-            }
-        }
-        Ok(inserted)
+                value_rows(self.dialect, 1, n, 15)
+            )
+        };
+        let rows = per_chunk(tx, jobs, statement, |q, job| {
+            let (spec, status) = (&job.spec, &job.status);
+            q.bind(job.id.clone())
+                .bind(job.idempotency_key.clone())
+                .bind(json(spec))
+                .bind(status.state.as_str())
+                .bind(spec.priority as i64)
+                .bind(spec.resources.cpu_millis as i64)
+                .bind(spec.resources.memory_bytes as i64)
+                .bind(spec.resources.disk_bytes as i64)
+                .bind(status.attempt as i64)
+                .bind(status.max_attempts as i64)
+                .bind(status.cancel_requested as i64)
+                .bind(status.not_before_ms)
+                .bind(job.created_at_ms)
+                .bind(job.updated_at_ms)
+                .bind(job.trace_parent.clone())
+        })
+        .await?;
+        rows.iter().map(|row| Ok(row.try_get("id")?)).collect()
     }
 
     /// Writes the jobs' current status, their transitions, and the
@@ -289,11 +277,11 @@ impl SqlStore {
         transitions: &[TransitionRow],
         wake_acquirers: bool,
     ) -> Result<()> {
-        for chunk in jobs.chunks(ROWS_PER_STATEMENT) {
-            // `column1`, `column2`, ... are what both databases call the
-            // columns of a VALUES list. Integers are cast so a column that
-            // is NULL in every row still has a type on Postgres.
-            let sql = format!(
+        // `column1`, `column2`, ... are what both databases call the
+        // columns of a VALUES list. Integers are cast so a column that is
+        // NULL in every row still has a type on Postgres.
+        let statement = |n| {
+            format!(
                 "UPDATE jobs SET state = v.column2, attempt = CAST(v.column3 AS BIGINT), \
                  worker_id = v.column4, lease_token = CAST(v.column5 AS BIGINT), \
                  lease_expires_at_ms = CAST(v.column6 AS BIGINT), \
@@ -303,29 +291,27 @@ impl SqlStore {
                  updated_at_ms = CAST(v.column12 AS BIGINT), \
                  finished_at_ms = CAST(v.column13 AS BIGINT), usage = v.column14 \
                  FROM (VALUES {}) AS v WHERE jobs.id = v.column1",
-                value_rows(self.dialect, 1, chunk.len(), 14)
-            );
-            let mut query = sqlx::query(&sql);
-            for job in chunk {
-                let status = &job.status;
-                query = query
-                    .bind(job.id.clone())
-                    .bind(status.state.as_str())
-                    .bind(status.attempt as i64)
-                    .bind(job.worker_id.clone())
-                    .bind(status.lease.as_ref().map(|l| l.token as i64))
-                    .bind(status.lease.as_ref().map(|l| l.expires_at_ms))
-                    .bind(status.cancel_requested as i64)
-                    .bind(status.not_before_ms)
-                    .bind(status.failure.as_ref().map(json))
-                    .bind(job.progress.as_ref().map(json))
-                    .bind(job.bandwidth.as_ref().map(json))
-                    .bind(job.updated_at_ms)
-                    .bind(job.finished_at_ms)
-                    .bind(job.usage.as_ref().map(json));
-            }
-            query.execute(&mut **tx).await?;
-        }
+                value_rows(self.dialect, 1, n, 14)
+            )
+        };
+        per_chunk(tx, jobs, statement, |q, job| {
+            let status = &job.status;
+            q.bind(job.id.clone())
+                .bind(status.state.as_str())
+                .bind(status.attempt as i64)
+                .bind(job.worker_id.clone())
+                .bind(status.lease.as_ref().map(|l| l.token as i64))
+                .bind(status.lease.as_ref().map(|l| l.expires_at_ms))
+                .bind(status.cancel_requested as i64)
+                .bind(status.not_before_ms)
+                .bind(status.failure.as_ref().map(json))
+                .bind(job.progress.as_ref().map(json))
+                .bind(job.bandwidth.as_ref().map(json))
+                .bind(job.updated_at_ms)
+                .bind(job.finished_at_ms)
+                .bind(job.usage.as_ref().map(json))
+        })
+        .await?;
         insert_transitions(tx, self.dialect, transitions).await?;
         let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
         self.notify(tx, &ids, wake_acquirers).await?;
@@ -414,27 +400,45 @@ async fn insert_transitions(
     dialect: Dialect,
     rows: &[TransitionRow],
 ) -> Result<()> {
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
+    let statement = |n| {
+        format!(
             "INSERT INTO job_transitions (job_id, from_state, to_state, at_ms, reason, \
              worker_id, lease_token) VALUES {}",
-            value_rows(dialect, 1, chunk.len(), 7)
-        );
-        let mut query = sqlx::query(&sql);
-        for row in chunk {
-            let t = &row.record;
-            query = query
-                .bind(row.job_id.clone())
-                .bind(t.from.as_str())
-                .bind(t.to.as_str())
-                .bind(t.at_ms)
-                .bind(t.reason.clone())
-                .bind(t.worker_id.clone())
-                .bind(t.lease_token.map(|t| t as i64));
-        }
-        query.execute(&mut **tx).await?;
-    }
+            value_rows(dialect, 1, n, 7)
+        )
+    };
+    per_chunk(tx, rows, statement, |q, row| {
+        let t = &row.record;
+        q.bind(row.job_id.clone())
+            .bind(t.from.as_str())
+            .bind(t.to.as_str())
+            .bind(t.at_ms)
+            .bind(t.reason.clone())
+            .bind(t.worker_id.clone())
+            .bind(t.lease_token.map(|t| t as i64))
+    })
+    .await?;
     Ok(())
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>;
+
+/// Runs a multi-row statement over `items`, [`ROWS_PER_STATEMENT`] at a
+/// time: `statement(n)` is its text for `n` items, `bind` binds one item's
+/// values in placeholder order. Returns every row the statements return.
+async fn per_chunk<T>(
+    tx: &mut Transaction<'static, Any>,
+    items: &[T],
+    statement: impl Fn(usize) -> String,
+    bind: impl for<'q> Fn(AnyQuery<'q>, &T) -> AnyQuery<'q>,
+) -> Result<Vec<AnyRow>> {
+    let mut rows = Vec::new();
+    for chunk in items.chunks(ROWS_PER_STATEMENT) {
+        let sql = statement(chunk.len());
+        let query = chunk.iter().fold(sqlx::query(&sql), &bind);
+        rows.extend(query.fetch_all(&mut **tx).await?);
+    }
+    Ok(rows)
 }
 
 /// `n` placeholders, numbered from `first` (see [`Dialect::placeholder`]).
@@ -771,26 +775,32 @@ impl Store for SqlStore {
             .load_jobs(&mut tx, picked.iter().map(|(id, _)| *id))
             .await?;
         let mut tokens: HashMap<String, i64> = HashMap::with_capacity(picked.len());
-        for chunk in picked.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO leases (job_id, worker_id, attempt, granted_at_ms) VALUES {} \
-                 RETURNING job_id, token",
-                value_rows(self.dialect, 1, chunk.len(), 4)
-            );
-            let mut query = sqlx::query(&sql);
-            for (id, to) in chunk {
+        // (job id, worker, attempt) of each new lease.
+        let grants = picked
+            .iter()
+            .map(|(id, to)| {
                 let job = jobs
                     .get(*id)
                     .ok_or_else(|| Error::Corrupt(format!("queued job {id} vanished")))?;
-                query = query
-                    .bind(id.to_string())
-                    .bind(requests[*to].worker_id.to_owned())
-                    .bind(job.status.attempt as i64 + 1)
-                    .bind(now_ms);
-            }
-            for row in query.fetch_all(&mut *tx).await? {
-                tokens.insert(row.try_get("job_id")?, int(&row, "token")?);
-            }
+                Ok((*id, requests[*to].worker_id, job.status.attempt as i64 + 1))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let statement = |n| {
+            format!(
+                "INSERT INTO leases (job_id, worker_id, attempt, granted_at_ms) VALUES {} \
+                 RETURNING job_id, token",
+                value_rows(self.dialect, 1, n, 4)
+            )
+        };
+        let rows = per_chunk(&mut tx, &grants, statement, |q, (id, worker, attempt)| {
+            q.bind(id.to_string())
+                .bind(worker.to_string())
+                .bind(*attempt)
+                .bind(now_ms)
+        })
+        .await?;
+        for row in &rows {
+            tokens.insert(row.try_get("job_id")?, int(row, "token")?);
         }
         let mut transitions = Vec::with_capacity(picked.len());
         for (id, to) in &picked {
@@ -834,34 +844,33 @@ impl Store for SqlStore {
         let last: Vec<&ProgressReport> = last.into_values().collect();
         let mut tx = self.begin().await?;
         let mut current: HashMap<String, (u64, LeaseStatus)> = HashMap::new();
-        for chunk in last.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "UPDATE jobs SET progress = v.column3, updated_at_ms = CAST({} AS BIGINT) \
+        let statement = |n| {
+            format!(
+                "UPDATE jobs SET progress = v.column3, updated_at_ms = CAST(v.column4 AS BIGINT) \
                  FROM (VALUES {}) AS v WHERE jobs.id = v.column1 \
                  AND jobs.lease_token = CAST(v.column2 AS BIGINT) \
                  AND jobs.state IN ('leased', 'running') \
                  RETURNING jobs.id AS id, jobs.lease_token AS lease_token, \
                  jobs.state AS state, jobs.cancel_requested AS cancel_requested",
-                self.dialect.placeholder(1),
-                value_rows(self.dialect, 2, chunk.len(), 3)
-            );
-            let mut query = sqlx::query(&sql).bind(now_ms);
-            for r in chunk {
-                query = query
-                    .bind(r.lease.job_id.clone())
-                    .bind(r.lease.token as i64)
-                    .bind(json(&r.progress));
-            }
-            for row in query.fetch_all(&mut *tx).await? {
-                let state: String = row.try_get("state")?;
-                let status = LeaseStatus {
-                    state: JobState::parse(&state)
-                        .ok_or_else(|| Error::Corrupt(format!("job state {state:?}")))?,
-                    cancel_requested: int(&row, "cancel_requested")? != 0,
-                };
-                let token = int(&row, "lease_token")? as u64;
-                current.insert(row.try_get("id")?, (token, status));
-            }
+                value_rows(self.dialect, 1, n, 4)
+            )
+        };
+        let rows = per_chunk(&mut tx, &last, statement, |q, r| {
+            q.bind(r.lease.job_id.clone())
+                .bind(r.lease.token as i64)
+                .bind(json(&r.progress))
+                .bind(now_ms)
+        })
+        .await?;
+        for row in &rows {
+            let state: String = row.try_get("state")?;
+            let status = LeaseStatus {
+                state: JobState::parse(&state)
+                    .ok_or_else(|| Error::Corrupt(format!("job state {state:?}")))?,
+                cancel_requested: int(row, "cancel_requested")? != 0,
+            };
+            let token = int(row, "lease_token")? as u64;
+            current.insert(row.try_get("id")?, (token, status));
         }
         let ids: Vec<&str> = current.keys().map(String::as_str).collect();
         self.notify(&mut tx, &ids, false).await?;
@@ -1014,23 +1023,21 @@ impl Store for SqlStore {
             befores.push(before);
         }
         let latest: Vec<_> = latest.into_iter().collect();
-        for chunk in latest.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
+        let statement = |n| {
+            format!(
                 "UPDATE workers SET last_heartbeat_ms = CAST(v.column2 AS BIGINT), \
                  state = v.column3, note = v.column4 \
                  FROM (VALUES {}) AS v WHERE workers.id = v.column1",
-                value_rows(self.dialect, 1, chunk.len(), 4)
-            );
-            let mut query = sqlx::query(&sql);
-            for (id, (state, note)) in chunk {
-                query = query
-                    .bind(id.to_string())
-                    .bind(now_ms)
-                    .bind(state.as_str())
-                    .bind(note.to_string());
-            }
-            query.execute(&mut *tx).await?;
-        }
+                value_rows(self.dialect, 1, n, 4)
+            )
+        };
+        per_chunk(&mut tx, &latest, statement, |q, (id, (state, note))| {
+            q.bind(id.to_string())
+                .bind(now_ms)
+                .bind(state.as_str())
+                .bind(note.to_string())
+        })
+        .await?;
         tx.commit().await?;
         Ok(befores)
     }
