@@ -120,13 +120,9 @@ impl<W: BatchWrite> Batcher<W> {
         self.queue
             .send((request, reply))
             .await
-            .map_err(|_| stopped())?;
-        outcome.await.map_err(|_| stopped())?
+            .map_err(|_| Error::ShuttingDown)?;
+        outcome.await.map_err(|_| Error::ShuttingDown)?
     }
-}
-
-fn stopped() -> Error {
-    Error::ShuttingDown
 }
 
 /// Runs one batch and answers its callers, draining `waiting`.

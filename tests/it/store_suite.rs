@@ -91,6 +91,14 @@ fn lease_request(worker_id: &str, cpu_millis: u32, max_jobs: usize) -> LeaseRequ
     }
 }
 
+/// Jobs "a" and "b", submitted and leased to "w1": their lease tokens.
+async fn two_leased(store: &dyn Store) -> anyhow::Result<(u64, u64)> {
+    submit(store, "a", 0, 100, 1).await?;
+    submit(store, "b", 0, 100, 2).await?;
+    let leased = store.lease(lease_request("w1", 1000, 2), 10).await?;
+    Ok((token_of(&leased[0]), token_of(&leased[1])))
+}
+
 fn token_of(store_job: &ffleet_master::store::JobRecord) -> u64 {
     store_job.status.lease.as_ref().expect("leased").token
 }
@@ -194,10 +202,7 @@ pub async fn a_batch_of_events_applies_in_order_and_each_fails_alone(
     db: &TestDb,
 ) -> anyhow::Result<()> {
     let store = db.open().await?;
-    submit(store.as_ref(), "a", 0, 100, 1).await?;
-    submit(store.as_ref(), "b", 0, 100, 2).await?;
-    let leased = store.lease(lease_request("w1", 1000, 2), 10).await?;
-    let (a, b) = (token_of(&leased[0]), token_of(&leased[1]));
+    let (a, b) = two_leased(store.as_ref()).await?;
     let batch = [
         apply_request("a", Event::Start { token: a }),
         apply_request("b", Event::Start { token: b + 7 }),
@@ -397,10 +402,7 @@ pub async fn a_batch_of_heartbeats_applies_in_order(db: &TestDb) -> anyhow::Resu
 /// each report learns its job's state and whether it was cancelled.
 pub async fn a_batch_of_progress_reports_is_fenced_per_report(db: &TestDb) -> anyhow::Result<()> {
     let store = db.open().await?;
-    submit(store.as_ref(), "a", 0, 100, 1).await?;
-    submit(store.as_ref(), "b", 0, 100, 2).await?;
-    let leased = store.lease(lease_request("w1", 1000, 2), 10).await?;
-    let (a, b) = (token_of(&leased[0]), token_of(&leased[1]));
+    let (a, b) = two_leased(store.as_ref()).await?;
     store
         .apply(
             "a",
@@ -559,10 +561,7 @@ pub async fn concurrent_masters_never_lease_a_job_twice(db: &TestDb) -> anyhow::
 
 pub async fn renew_extends_live_leases_and_revokes_the_rest(db: &TestDb) -> anyhow::Result<()> {
     let store = db.open().await?;
-    submit(store.as_ref(), "a", 0, 100, 1).await?;
-    submit(store.as_ref(), "b", 0, 100, 2).await?;
-    let leased = store.lease(lease_request("w1", 1000, 2), 10).await?;
-    let (a, b) = (token_of(&leased[0]), token_of(&leased[1]));
+    let (a, b) = two_leased(store.as_ref()).await?;
     store
         .apply("b", Event::Cancel, Attachments::default(), 20, &RETRY)
         .await?;

@@ -202,14 +202,7 @@ pub async fn run(
     let through = started.elapsed();
     bar.finish();
     let mut worker_phases_ms = vec![];
-    for phase in [
-        "cgroup_setup",
-        "probe",
-        "spawn",
-        "first_progress",
-        "cleanup",
-        "report",
-    ] {
+    for phase in ffleet_worker::metrics::JOB_PHASES {
         let label = format!("phase=\"{phase}\"");
         let sum = cluster::scrape(
             &worker.metrics_url,
@@ -223,7 +216,7 @@ pub async fn run(
             &label,
         )
         .await?;
-        worker_phases_ms.push((phase.to_owned(), 1000.0 * sum / count.max(1.0)));
+        worker_phases_ms.push((phase.to_string(), 1000.0 * sum / count.max(1.0)));
     }
 
     let at = |job: &v1::Job, state: JobState| {

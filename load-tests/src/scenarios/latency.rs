@@ -92,6 +92,26 @@ async fn one(
     anyhow::bail!("watch ended before the job started")
 }
 
+/// `samples` samples in a row, under a progress bar named `what`.
+async fn sample(
+    client: &mut ffleet_proto::v1::job_service_client::JobServiceClient<tonic::transport::Channel>,
+    input: &str,
+    samples: usize,
+    what: &str,
+    tag: &str,
+    bar: &Bar,
+) -> anyhow::Result<Vec<f64>> {
+    bar.start(&format!("latency {tag} {what}"), samples as u64);
+    let mut taken = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let output = format!("{}/{i}.mp4", what.replace(' ', "-"));
+        taken.push(one(client, input, output).await?);
+        bar.inc(1);
+    }
+    bar.finish();
+    Ok(taken)
+}
+
 pub async fn run(
     dir: &Path,
     backend: &Backend,
@@ -116,13 +136,7 @@ pub async fn run(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut client = cluster::client(&master.url).await?;
 
-    bar.start(&format!("latency {tag} idle"), samples as u64);
-    let mut idle = vec![];
-    for i in 0..samples {
-        idle.push(one(&mut client, &input, format!("idle/{i}.mp4")).await?);
-        bar.inc(1);
-    }
-    bar.finish();
+    let idle = sample(&mut client, &input, samples, "idle", &tag, bar).await?;
 
     // Under load: a steady 100 jobs/s from 4 other clients meanwhile, a
     // rate both backends sustain (an unbounded flood would only measure
@@ -150,13 +164,7 @@ pub async fn run(
             n
         }));
     }
-    bar.start(&format!("latency {tag} under load"), samples as u64);
-    let mut loaded = vec![];
-    for i in 0..samples {
-        loaded.push(one(&mut client, &input, format!("load/{i}.mp4")).await?);
-        bar.inc(1);
-    }
-    bar.finish();
+    let loaded = sample(&mut client, &input, samples, "under load", &tag, bar).await?;
     stop.store(true, Ordering::Relaxed);
     let mut pushed = 0;
     for b in background {
